@@ -1,0 +1,13 @@
+"""Tasks: datasets turned into tokenized, cached splits, their losses and metrics, and the training loop.
+
+The trainer and the inspect command use `get_task(cfg.task)` then `task.load(cfg.task, n_positions)`;
+see ARCHITECTURE.md for the contract.
+"""
+
+from tasks.base import Task, TaskData
+from tasks.batching import TokenizedSplit, iterate_batches
+from tasks.registry import TASKS, get_task
+from tasks.sources import DataError
+from tasks.tokenizer import get_tokenizer
+
+__all__ = ["TASKS", "DataError", "Task", "TaskData", "TokenizedSplit", "get_task", "get_tokenizer", "iterate_batches"]

@@ -1,0 +1,101 @@
+"""Task metrics as small pure functions, and the objective table that maps names to metrics.json keys.
+
+Importing this module registers the OmegaConf resolver ``direction`` that conf/config.yaml uses
+(``direction: ${direction:${objective}}``), so import it before composing the config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from omegaconf import ListConfig, OmegaConf
+
+MAXIMIZE, MINIMIZE = "maximize", "minimize"
+
+# objective name -> (metrics.json key, direction); see ARCHITECTURE.md "Objectives and metric names"
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "accuracy": ("val_accuracy", MAXIMIZE),
+    "macro_f1": ("val_macro_f1", MAXIMIZE),
+    "loss": ("val_loss", MINIMIZE),
+    "perplexity": ("val_perplexity", MINIMIZE),
+    "judge": ("judge_mean", MAXIMIZE),
+    "rouge_l": ("rouge_l", MAXIMIZE),
+}
+
+# metrics.json keys that may be named directly as objectives (e.g. accuracy vs trainable_params)
+METRIC_DIRECTIONS: dict[str, str] = {
+    **{f"{split}_{m}": MAXIMIZE for split in ("val", "test") for m in ("accuracy", "macro_f1")},
+    **{f"{split}_{m}": MINIMIZE for split in ("val", "test") for m in ("loss", "perplexity")},
+    "judge_mean": MAXIMIZE,
+    "rouge_l": MAXIMIZE,
+    "exact_match": MAXIMIZE,
+    "trainable_params": MINIMIZE,
+    "trainable_pct": MINIMIZE,
+    "peak_memory_mb": MINIMIZE,
+    "wall_time_s": MINIMIZE,
+    "train_time_s": MINIMIZE,
+    "tokens_per_s": MAXIMIZE,
+}
+
+
+def objective_key(name: str) -> str:
+    """The metrics.json key behind objective `name` (an objective name or a metrics key itself)."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name][0]
+    if name in METRIC_DIRECTIONS:
+        return name
+    raise ValueError(
+        f"objective must be one of {sorted(OBJECTIVES)} or a metrics key of {sorted(METRIC_DIRECTIONS)}, "
+        f"but got objective={name!r}"
+    )
+
+
+def objective_direction(name_or_list: Any) -> str | list[str]:
+    """``maximize`` or ``minimize`` for an objective name; a list of them for a list of names."""
+    if isinstance(name_or_list, (list, tuple, ListConfig)):
+        return [objective_direction(n) for n in name_or_list]  # type: ignore[misc]
+    key = objective_key(str(name_or_list))
+    return OBJECTIVES[name_or_list][1] if name_or_list in OBJECTIVES else METRIC_DIRECTIONS[key]
+
+
+OmegaConf.register_new_resolver("direction", objective_direction, replace=True)
+
+
+def accuracy(preds: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Share of predictions equal to their label."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.shape != labels.shape or preds.size == 0:
+        raise ValueError(
+            f"preds and labels must be equal-length and non-empty, but got {preds.shape} and {labels.shape}"
+        )
+    return float((preds == labels).mean())
+
+
+def macro_f1(preds: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions (as scikit-learn).
+
+    The report's imbalanced task (747 spam of 5,574) makes accuracy flatter a majority-class model; macro-F1 does not.
+    """
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.shape != labels.shape or preds.size == 0:
+        raise ValueError(
+            f"preds and labels must be equal-length and non-empty, but got {preds.shape} and {labels.shape}"
+        )
+    scores = []
+    for c in np.union1d(preds, labels):
+        tp = np.sum((preds == c) & (labels == c))
+        fp = np.sum((preds == c) & (labels != c))
+        fn = np.sum((preds != c) & (labels == c))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def perplexity(nll_sum: float, n_tokens: int) -> float:
+    """exp of the mean negative log-likelihood per token (natural log); inf when it overflows."""
+    if n_tokens <= 0:
+        raise ValueError(f"`n_tokens > 0` must hold, but got n_tokens={n_tokens}")
+    mean = nll_sum / n_tokens
+    return math.exp(mean) if mean < 700 else math.inf
