@@ -1,0 +1,245 @@
+"""Ask Gemini for scores: bounded concurrency, retries that honour the server's delay, an on-disk cache.
+
+The report's evaluation took ~20 minutes for 100 items because calls ran one by one into rate limits. Here a thread
+pool keeps at most `judge.concurrency` requests in flight; a 429/408/5xx or a dropped connection is retried with
+exponential backoff plus jitter, waiting at least what the server asks for (the `RetryInfo.retryDelay` of a Gemini
+error body, else the `Retry-After` header), up to `judge.retry.max_attempts` attempts. The SDK's own retries stay off
+(`HttpOptions.retry_options=None` means one attempt), since they ignore the server's delay and would multiply ours.
+Errors that every request would hit (bad key, unknown model, an exhausted daily quota, an unreachable host) stop
+the remaining requests at once instead of retrying each of them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib.util
+import logging
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from google import genai
+from google.genai import errors, types
+from tqdm.auto import tqdm
+
+from tasks.judge_cache import JudgeCache, cache_key
+from tasks.judge_settings import JudgeSettings
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_CODES = frozenset({408, 429, 500, 502, 503, 504})
+# the same request setup fails for every item: stop instead of sending the rest
+FATAL_CODES = frozenset({400, 401, 403, 404})
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    importlib.import_module(name).TransportError
+    for name in ("httpx2", "httpx")
+    if importlib.util.find_spec(name) is not None
+)
+_NUMBER = re.compile(r"(-?)(\d+(?:\.\d+)?)(\s*/\s*(\d+))?")
+
+
+def parse_score(reply: str | None) -> int | None:
+    """The first number of the reply if it is an integer in 0..100 ("85", "Score: 85/100"); otherwise None.
+
+    A reply without such a number ("eighty", "8.5", "4/5") is a parse failure: counted and excluded, never 0.
+    """
+    if not reply:
+        return None
+    match = _NUMBER.search(reply)
+    if match is None or match.group(1) or "." in match.group(2):
+        return None
+    if match.group(4) is not None and int(match.group(4)) != 100:
+        return None
+    value = int(match.group(2))
+    return value if 0 <= value <= 100 else None
+
+
+def server_retry_delay(exc: errors.APIError) -> float | None:
+    """Seconds the server asked us to wait: Gemini's `RetryInfo.retryDelay` ("7s"), else `Retry-After`."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    body = details.get("error", details)
+    items = body.get("details") if isinstance(body, dict) else None
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("RetryInfo"):
+            delay = _duration_seconds(item.get("retryDelay"))
+            if delay is not None:
+                return delay
+    headers = getattr(exc.response, "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _duration_seconds(value: Any) -> float | None:
+    """A protobuf Duration in JSON ("7s", "0.500s") or as {seconds, nanos}."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            return max(0.0, float(value[:-1]))
+        except ValueError:
+            return None
+    if isinstance(value, dict):
+        return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
+    return None
+
+
+@dataclass(frozen=True)
+class JudgeReply:
+    """One (item, repeat) call: the parsed score, the raw reply, or why there is none."""
+
+    score: int | None
+    reply: str | None
+    error: str | None
+    cached: bool
+    attempts: int
+
+
+class GeminiJudge:
+    """Scores prompts with one Gemini model; thread-safe, reusable for several runs."""
+
+    def __init__(self, settings: JudgeSettings, api_key: str, cache: JudgeCache | None = None) -> None:
+        self.settings = settings
+        self.cache = cache
+        http_options = types.HttpOptions(
+            base_url=settings.base_url,
+            api_version=settings.api_version,
+            timeout=int(settings.timeout_s * 1000),  # milliseconds
+            retry_options=None,  # one attempt per call: retries are ours (see module docstring)
+        )
+        # the key goes to the SDK only; it is sent as a header and never logged or stored by us
+        self._client = genai.Client(api_key=api_key, vertexai=False, http_options=http_options)
+        thinking = None
+        if settings.thinking_level:
+            thinking = types.ThinkingConfig(thinking_level=settings.thinking_level.upper())
+        self._config = types.GenerateContentConfig(
+            temperature=0.0,
+            candidate_count=1,
+            thinking_config=thinking,
+            # no tools: without this the SDK logs an "AFC is enabled" line per request
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        )
+        for name in ("httpx", "httpx2"):  # one INFO line per request would bury the progress bar
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
+        self._stop = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.unavailable_reason: str | None = None
+        self._pace_lock = threading.Lock()
+        self._next_start = 0.0
+
+    def score(self, prompts: list[str], repeats: int) -> list[list[JudgeReply]]:
+        """Score every prompt `repeats` times; `result[i][r]` is prompt i's r-th call."""
+        model = self.settings.model
+        units = [(i, r) for i in range(len(prompts)) for r in range(repeats)]
+        keys = {(i, r): cache_key(model, prompts[i], r) for i, r in units}
+        cached = self.cache.get_many(list(keys.values())) if self.cache is not None else {}
+        results: dict[tuple[int, int], JudgeReply] = {}
+        for unit in units:
+            reply = cached.get(keys[unit])
+            if reply is not None:
+                results[unit] = JudgeReply(parse_score(reply), reply, None, cached=True, attempts=0)
+        todo = [unit for unit in units if unit not in results]
+        log.info(
+            "judge %s: %d calls (%d items x %d), %d from the cache, %d to send with %d in flight",
+            model, len(units), len(prompts), repeats, len(results), len(todo), self.settings.concurrency,
+        )  # fmt: skip
+        failed = sum(1 for r in results.values() if r.score is None)
+        with (
+            tqdm(total=len(units), initial=len(results), desc="judge", unit="call", dynamic_ncols=True) as bar,
+            ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="judge") as pool,
+        ):
+            futures = {pool.submit(self._call, prompts[i], r, keys[(i, r)]): (i, r) for i, r in todo}
+            for future in as_completed(futures):
+                reply = future.result()
+                results[futures[future]] = reply
+                failed += reply.score is None
+                bar.set_postfix(failed=failed, refresh=False)
+                bar.update()
+        return [[results[(i, r)] for r in range(repeats)] for i in range(len(prompts))]
+
+    def _call(self, prompt: str, repeat: int, key: str) -> JudgeReply:
+        """One call with retries; stores a returned reply in the cache."""
+        retry = self.settings.retry
+        message = ""
+        for attempt in range(1, retry.max_attempts + 1):
+            if self._stop.is_set():
+                return JudgeReply(None, None, f"not sent: {self.unavailable_reason}", False, attempt - 1)
+            self._pace()
+            server_delay: float | None = None
+            try:
+                response = self._client.models.generate_content(
+                    model=self.settings.model, contents=prompt, config=self._config
+                )
+            except errors.APIError as exc:
+                message = f"HTTP {exc.code} {exc.status or ''}: {exc.message or ''}".strip()
+                if exc.code not in RETRYABLE_CODES:
+                    if exc.code in FATAL_CODES:
+                        self._give_up(message)
+                    return JudgeReply(None, None, message, False, attempt)
+                server_delay = server_retry_delay(exc)
+                if server_delay is not None and server_delay > retry.max_delay_s:
+                    self._give_up(
+                        f"{message}; the server asks to wait {server_delay:.0f}s, more than "
+                        f"judge.retry.max_delay_s={retry.max_delay_s:g} (quota spent?)"
+                    )
+                    return JudgeReply(None, None, message, False, attempt)
+            except _TRANSPORT_ERRORS as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                if attempt == retry.max_attempts:
+                    self._give_up(f"unreachable after {attempt} attempts ({message})")
+            else:
+                text = response.text or ""
+                if self.cache is not None:
+                    self.cache.put(key, self.settings.model, repeat, text)
+                return JudgeReply(parse_score(text), text, None, False, attempt)
+            if attempt < retry.max_attempts:
+                delay = self._backoff(attempt, server_delay)
+                log.debug("judge call attempt %d failed (%s); retrying in %.2fs", attempt, message, delay)
+                self._stop.wait(delay)
+        return JudgeReply(None, None, f"gave up after {retry.max_attempts} attempts: {message}", False, attempt)
+
+    def _backoff(self, attempt: int, server_delay: float | None) -> float:
+        """initial·base^(n-1) + jitter, capped; never shorter than the server's delay (plus jitter)."""
+        retry = self.settings.retry
+        jitter = random.uniform(0.0, retry.jitter_s)
+        delay = min(retry.max_delay_s, retry.initial_delay_s * retry.exp_base ** (attempt - 1) + jitter)
+        if server_delay is not None:
+            delay = max(delay, server_delay + jitter)
+        return delay
+
+    def _pace(self) -> None:
+        """Space request starts `60 / requests_per_minute` seconds apart when a pace is set."""
+        rpm = self.settings.requests_per_minute
+        if rpm is None:
+            return
+        with self._pace_lock:
+            now = time.monotonic()
+            start = max(now, self._next_start)
+            self._next_start = start + 60.0 / rpm
+        if start > now:
+            self._stop.wait(start - now)
+
+    def _give_up(self, reason: str) -> None:
+        with self._stop_lock:
+            if self.unavailable_reason is None:
+                self.unavailable_reason = reason
+                log.warning("judge stopped: %s", reason)
+        self._stop.set()
+
+    def close(self) -> None:
+        """Release the SDK's HTTP connections."""
+        close = getattr(self._client, "close", None)
+        if callable(close):
+            close()
