@@ -1,0 +1,47 @@
+"""lorasweep's Hydra sweeper on Optuna, and the job-side handle of the running trial.
+
+    from sweeper import current_trial
+    trial = current_trial()          # None outside a sweep
+    if trial is not None:
+        trial.report(val_loss, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        trial.set_metrics(metrics)   # metrics.json content -> user attributes
+
+Imports are lazy: Hydra imports `sweeper._config` at every start, which must not pull in Optuna.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sweeper._grammar import SearchSpace, parse_search_space
+    from sweeper._trial import ENV_STUDY, ENV_TRIAL, TrialHandle, current_trial, user_attrs_from_metrics
+
+_LAZY = {
+    "ENV_STUDY": "sweeper._trial",
+    "ENV_TRIAL": "sweeper._trial",
+    "SearchSpace": "sweeper._grammar",
+    "TrialHandle": "sweeper._trial",
+    "current_trial": "sweeper._trial",
+    "parse_search_space": "sweeper._grammar",
+    "user_attrs_from_metrics": "sweeper._trial",
+}
+
+__all__ = [
+    "ENV_STUDY",
+    "ENV_TRIAL",
+    "SearchSpace",
+    "TrialHandle",
+    "current_trial",
+    "parse_search_space",
+    "user_attrs_from_metrics",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sweeper' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -1,0 +1,97 @@
+"""Failure policy: what a finished job means for its trial, and telling Optuna without losing the sweep.
+
+COMPLETE: the job returned finite value(s). PRUNED: it raised optuna.TrialPruned (Optuna keeps the last
+reported value). FAIL: anything else (an exception, a non-finite loss, out of memory, a dead launcher, a
+missing or NaN return value), with the reason in user attribute `fail_reason`; the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+
+MAX_REASON_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: TrialState
+    values: list[float] | None = None
+    reason: str | None = None
+    error: BaseException | None = None
+
+
+def describe_error(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".strip().rstrip(":")
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+def judge(ret: JobReturn | None, launch_error: BaseException | None, n_objectives: int) -> Outcome:
+    """The trial's outcome from the launcher's JobReturn (or the error the launcher itself raised)."""
+    if launch_error is not None:
+        # no traceback: it would show the launcher's internals, not the job's
+        reason = f"the launcher failed before the job returned: {describe_error(launch_error)}"
+        return Outcome(TrialState.FAIL, reason=reason)
+    if ret is None or ret.status == JobStatus.UNKNOWN:
+        return Outcome(TrialState.FAIL, reason="the launcher returned no result for this job")
+    if ret.status == JobStatus.FAILED:
+        error = ret._return_value  # the exception; the `return_value` property would re-raise it
+        if isinstance(error, optuna.TrialPruned):
+            return Outcome(TrialState.PRUNED)
+        return Outcome(TrialState.FAIL, reason=describe_error(error), error=error)
+    return _values(ret.return_value, n_objectives)
+
+
+def _values(value: Any, n_objectives: int) -> Outcome:
+    expected = "a float" if n_objectives == 1 else f"a sequence of {n_objectives} floats (one per direction)"
+    is_sequence = isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    raw: list[Any] = list(value) if is_sequence or getattr(value, "ndim", 0) else [value]
+    try:
+        values = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        reason = f"the job must return {expected}, but got value={value!r}"
+        return Outcome(TrialState.FAIL, reason=reason)
+    if len(values) != n_objectives:
+        reason = f"the job must return {expected}, but got {len(values)} values: {value!r}"
+        return Outcome(TrialState.FAIL, reason=reason)
+    if any(math.isnan(v) for v in values):
+        return Outcome(TrialState.FAIL, reason=f"the job returned a NaN objective: value={value!r}")
+    return Outcome(TrialState.COMPLETE, values=values)
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None = None) -> None:
+    """study.tell that tolerates GridSampler's `study.stop()`, which raises outside `optimize` (the state is
+    already written by then) and a trial already closed elsewhere (e.g. failed as stale)."""
+    try:
+        study.tell(trial, values=values, state=state, skip_if_finished=True)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+
+
+def record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, run_dir: str | None) -> None:
+    """Write the outcome: `fail_reason` and `run_dir` user attributes, then the state."""
+    if outcome.reason is not None:
+        trial.set_user_attr("fail_reason", outcome.reason)
+    if run_dir is not None and "run_dir" not in study._storage.get_trial_user_attrs(trial._trial_id):
+        trial.set_user_attr("run_dir", run_dir)
+    tell(study, trial, outcome.state, outcome.values)
+
+
+def log_failure(number: int, outcome: Outcome) -> None:
+    error = outcome.error
+    if error is not None and error.__traceback__ is not None:
+        tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        log.warning("trial %d FAIL: %s\n%s", number, outcome.reason, tb.rstrip())
+    else:
+        log.warning("trial %d FAIL: %s", number, outcome.reason)

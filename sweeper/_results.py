@@ -1,0 +1,98 @@
+"""The end of a sweep: best trial (or Pareto front) printed and written to optimization_results.yaml."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper._budget import is_not_run
+from sweeper._storage import JOURNAL_PREFIX, mask_url, url_scheme
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "optimization_results.yaml"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _solution(trial: FrozenTrial) -> dict[str, Any]:
+    return {"number": trial.number, "params": dict(trial.params), "values": [_plain(v) for v in trial.values]}
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False) if not is_not_run(t))
+    return {state.name: counts[state.name] for state in TrialState if counts[state.name]}
+
+
+def summarize(study: optuna.Study, storage_url: str | None, n_trials: int, fixed: dict[str, Any]) -> dict[str, Any]:
+    """What optimization_results.yaml holds: the study, its trial counts, and its best result(s)."""
+    results: dict[str, Any] = {
+        "name": "lorasweep",
+        "study_name": study.study_name,
+        "storage": mask_url(storage_url),
+        "directions": [d.name.lower() for d in study.directions],
+        "metric_names": study.metric_names,
+        "n_trials": n_trials,
+        "trials": state_counts(study),
+        "fixed_params": fixed,
+    }
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(study.directions) == 1:
+        best = study.best_trial if complete else None
+        results["best_trial"] = best.number if best else None
+        results["best_params"] = dict(best.params) if best else None
+        results["best_value"] = _plain(best.value) if best else None
+    else:
+        results["solutions"] = [_solution(t) for t in (study.best_trials if complete else [])]
+    return results
+
+
+def write_results(results: dict[str, Any], sweep_dir: Path) -> Path:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / RESULTS_FILE
+    path.write_text(yaml.safe_dump(results, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def cli_target(storage_url: str) -> str:
+    """The storage as optuna-dashboard and analysis.report take it: RDB URLs as they are, journal files as a path."""
+    if url_scheme(storage_url) == "journal":
+        return storage_url[len(JOURNAL_PREFIX) :]
+    return mask_url(storage_url)
+
+
+def report(results: dict[str, Any], path: Path, storage_url: str | None) -> None:
+    """Log the best result(s), where they were written, and the two commands to look at the study."""
+    counts = ", ".join(f"{n} {state}" for state, n in results["trials"].items()) or "no trials"
+    log.info("Study %r: %s.", results["study_name"], counts)
+    if "solutions" in results:
+        log.info("Pareto front: %d trial(s).", len(results["solutions"]))
+        for s in results["solutions"]:
+            log.info("    trial %d: values=%s params=%s", s["number"], s["values"], s["params"])
+    elif results["best_trial"] is None:
+        log.warning("No trial completed: there is no best value yet.")
+    else:
+        log.info("Best value: %s (trial %d)", results["best_value"], results["best_trial"])
+        log.info("Best parameters: %s", results["best_params"])
+    log.info("Results written to %s", path)
+    if storage_url is None:
+        log.info("The study was kept in memory (storage=null): nothing else remains of it.")
+        return
+    target = cli_target(storage_url)
+    hidden = " (password hidden: use the real URL)" if target != storage_url and "***" in target else ""
+    log.info("Look at it:%s", hidden)
+    log.info("    optuna-dashboard %s", shlex.quote(target))
+    log.info(
+        "    python -m analysis.report --storage %s --study %s",
+        shlex.quote(target),
+        shlex.quote(results["study_name"]),
+    )

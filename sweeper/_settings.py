@@ -1,0 +1,168 @@
+"""The sweeper's keys, checked once when Hydra builds the sweeper: one rule, one error, in Optuna's form."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.errors import CompactHydraException
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweeper._config import PRUNERS, SAMPLERS
+from sweeper._storage import STORAGE_SCHEMES, mask_url, url_scheme
+
+DIRECTIONS = ("minimize", "maximize")
+KEYS = (
+    "sampler",
+    "pruner",
+    "direction",
+    "objective",
+    "storage",
+    "study_name",
+    "n_trials",
+    "n_jobs",
+    "max_failure_rate",
+    "params",
+    "search_space",
+    "custom_search_space",
+)
+
+
+class SweepError(CompactHydraException, ValueError):
+    """A bad search space, study or outcome of the sweep: Hydra prints only the message, no traceback."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    directions: list[str]
+    metric_names: list[str] | None
+    storage: str | None
+    study_name: str | None
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float
+    params: dict[str, Any]
+    custom_search_space: str | None
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions) > 1
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def build_settings(**raw: Any) -> Settings:
+    """Validate `hydra.sweeper.*` (as Hydra passes them) into Settings; raise ValueError on the first bad key."""
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}.")
+    cfg = {key: _plain(raw.get(key)) for key in KEYS}
+
+    direction = cfg["direction"]
+    directions = [direction] if isinstance(direction, str) else direction
+    if not isinstance(directions, list) or not directions or not all(d in DIRECTIONS for d in directions):
+        raise ValueError(
+            f"`direction` must be 'minimize', 'maximize' or a non-empty list of them, but got direction={direction!r}."
+        )
+
+    objective = cfg["objective"]
+    names = [objective] if isinstance(objective, str) else objective
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"`objective` must be a name or a list of names, but got objective={objective!r}.")
+    if names is not None and len(names) != len(directions):
+        raise ValueError(
+            "`objective` and `direction` must have the same length (one direction per objective), "
+            f"but got objective={names} and direction={directions}."
+        )
+
+    storage = cfg["storage"]
+    if storage is not None and (not isinstance(storage, str) or url_scheme(storage) not in STORAGE_SCHEMES):
+        shown = mask_url(storage) if isinstance(storage, str) else repr(storage)
+        raise ValueError(
+            "`storage` must be null, a database URL (sqlite:///<file>, postgresql+psycopg://..., mysql://...) "
+            f"or journal:///<file>, but got storage={shown}."
+        )
+
+    study_name = cfg["study_name"]
+    if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()):
+        raise ValueError(f"`study_name` must be null or a non-empty string, but got study_name={study_name!r}.")
+
+    for key in ("n_trials", "n_jobs"):
+        if not _is_int(cfg[key]) or cfg[key] < 1:
+            raise ValueError(f"`{key}` must be a positive integer, but got {key}={cfg[key]!r}.")
+
+    rate = cfg["max_failure_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0.0 <= rate <= 1.0):
+        raise ValueError(f"`max_failure_rate` must be between 0 and 1 inclusive, but got max_failure_rate={rate!r}.")
+
+    params = cfg["params"] or {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"`params` must be a mapping of key to sweep (lora.rank: 4,8,16), but got params={params!r}.")
+
+    if cfg["search_space"]:
+        raise ValueError(
+            "`search_space` was replaced by `params` in hydra-optuna-sweeper 1.2: write each entry in the override "
+            f"grammar (optim.lr: tag(log, interval(1e-5, 1e-3))), but got search_space={cfg['search_space']!r}."
+        )
+
+    custom = cfg["custom_search_space"]
+    if custom is not None and (not isinstance(custom, str) or "." not in custom):
+        raise ValueError(
+            "`custom_search_space` must be the dotted path of a function (cfg, trial) -> None, "
+            f"but got custom_search_space={custom!r}."
+        )
+
+    for group in ("sampler", "pruner"):
+        node = cfg[group]
+        if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
+            raise ValueError(
+                f"`{group}` must be a config with a `_target_` (select one with hydra/sweeper/{group}=<name>), "
+                f"but got {group}={node!r}."
+            )
+
+    return Settings(
+        sampler=dict(cfg["sampler"]),
+        pruner=dict(cfg["pruner"]),
+        directions=list(directions),
+        metric_names=list(names) if names is not None else None,
+        storage=storage,
+        study_name=study_name,
+        n_trials=cfg["n_trials"],
+        n_jobs=cfg["n_jobs"],
+        max_failure_rate=float(rate),
+        params={str(k): v for k, v in params.items()},
+        custom_search_space=custom,
+    )
+
+
+def config_class(group: str, target: str, base: type) -> type:
+    """The class a `sampler` or `pruner` config's `_target_` names, checked to be a subclass of `base`."""
+    options = ", ".join(SAMPLERS if group == "sampler" else PRUNERS)
+    try:
+        cls = get_class(target)
+    except Exception as e:
+        raise ValueError(
+            f"`{group}._target_` must name an Optuna {group} class (hydra/sweeper/{group}: {options}), "
+            f"but got _target_={target!r} ({e})."
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"`{group}._target_` must be a subclass of {base.__name__}, but got _target_={target!r}.")
+    return cls
+
+
+def failures_allowed(settings: Settings) -> int:
+    """Failed trials a sweep run tolerates before it stops: max_failure_rate x n_trials, rounded down."""
+    return math.floor(settings.max_failure_rate * settings.n_trials + 1e-9)

@@ -1,0 +1,231 @@
+"""The Hydra side of the sweeper: from `hydra.sweeper.*` and the command line to a running Optuna study."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from sweeper._budget import Budget
+from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
+from sweeper._loop import TrialLoop
+from sweeper._pruners import build_pruner
+from sweeper._results import report, summarize, write_results
+from sweeper._samplers import build_sampler, sampler_name
+from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
+from sweeper._storage import absolute_url, mask_url, open_storage, open_study
+from sweeper._trial import ENV_STUDY, ENV_TRIAL, register_local_study
+
+log = logging.getLogger(__name__)
+
+# parts of the default study name: (config group, key that names the chosen option)
+NAME_PARTS = (("task", "task.name"), ("model", "model.name"), ("finetune", "finetune.mode"))
+
+
+class OptunaSweeper:
+    def __init__(self, **raw: Any) -> None:
+        self.settings: Settings = build_settings(**raw)
+        build_sampler(self.settings.sampler, None)  # bad sampler or pruner arguments fail here, before any work
+        build_pruner(self.settings.pruner, self.settings.multi_objective, quiet=True)
+        self.custom_search_space = None
+        if self.settings.custom_search_space:
+            try:
+                self.custom_search_space = get_method(self.settings.custom_search_space)
+            except Exception as e:
+                raise ValueError(
+                    "`custom_search_space` must be the dotted path of an importable function (cfg, trial) -> None, "
+                    f"but got custom_search_space={self.settings.custom_search_space!r} ({e})."
+                ) from None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            study, space, budget, storage_url, n_workers = self._open(arguments)
+        except ValueError as e:  # bad input: one line, before any trial runs
+            raise SweepError(str(e)) from None
+        s = self.settings
+        loop = TrialLoop(
+            study=study,
+            budget=budget,
+            distributions=space.distributions,
+            prepare=lambda trial: self._prepare(trial, space, study.study_name),
+            launch=self._launch,
+            n_workers=n_workers,
+            failures_allowed=failures_allowed(s),
+        )
+        loop.run()
+
+        results = summarize(study, storage_url, budget.n_trials, space.recorded())
+        path = write_results(results, Path(str(self.config.hydra.sweep.dir)))
+        report(results, path, storage_url)
+        if loop.stop_reason is not None and loop.failures > loop.failures_allowed:
+            raise SweepError(
+                f"The sweep stopped early: {loop.stop_reason} (max_failure_rate={s.max_failure_rate}, "
+                f"n_trials={s.n_trials}); see each trial's fail_reason in study {study.study_name!r}."
+            )
+
+    def _open(self, arguments: list[str]) -> tuple[optuna.Study, SearchSpace, Budget, str | None, int]:
+        """Parse and check the search space, then create or load the study: everything before the first trial."""
+        assert self.config is not None and self.hydra_context is not None
+        s = self.settings
+        params = [f"{key}={_param_text(value)}" for key, value in s.params.items()]
+        space = parse_search_space(params + list(arguments), self.hydra_context.config_loader)
+        sampler, n_grid = build_sampler(s.sampler, space)
+        if n_grid is not None and self.custom_search_space is not None:
+            raise ValueError(
+                "The grid sampler needs every parameter in its grid, but got "
+                f"custom_search_space={s.custom_search_space!r}; use another sampler or list the values in params."
+            )
+        study_name = s.study_name or default_study_name(self.config, space)
+        self._set_study_name(study_name)
+        self._check_composes(space, study_name)
+        storage_url = absolute_url(s.storage, str(self.config.hydra.runtime.cwd))
+        pruner = build_pruner(s.pruner, s.multi_objective)
+        study = open_study(open_storage(storage_url), study_name, s.directions, sampler, pruner, s.metric_names)
+        if storage_url is None:
+            register_local_study(study)
+        budget = Budget(s.n_trials, space.grid() if n_grid is not None else None)
+        n_workers = 1 if isinstance(self.launcher, BasicLauncher) else s.n_jobs
+        self._log_start(study, storage_url, space, budget, sampler, pruner, n_workers)
+        return study, space, budget, storage_url, n_workers
+
+    def _prepare(self, trial: optuna.Trial, space: SearchSpace, study_name: str) -> list[str]:
+        """Record the fixed values, run custom_search_space, and build the job's overrides."""
+        for name, value in space.recorded().items():
+            trial.set_user_attr(name, value)
+        names = self.settings.metric_names
+        if names:
+            trial.set_user_attr("objective_name", names[0] if len(names) == 1 else names)
+        if self.custom_search_space is not None:
+            self.custom_search_space(self.config, trial)
+        overlap = sorted(set(trial.params) & set(space.fixed))
+        if overlap:
+            raise ValueError(f"custom_search_space must not suggest fixed keys, but got {overlap}.")
+        values = {name: trial.params[name] for name in space.params}
+        values.update({k: v for k, v in trial.params.items() if k not in values})
+        task_overrides = space.overrides(values)
+        sampled = task_overrides[len(space.fixed) :]  # the fixed ones were listed when the sweep started
+        log.info("trial %d: %s", trial.number, " ".join(sampled) or "(no searched parameters)")
+        return task_overrides + _trial_identity(study_name, trial.number)
+
+    def _launch(self, overrides: list[str], number: int) -> JobReturn:
+        # the trial number is the job number: trial folders are trial_<number>, unique across workers
+        return self.launcher.launch([overrides], initial_job_idx=number)[0]
+
+    def _set_study_name(self, name: str) -> None:
+        """Fix the study name in the sweeper's config, so that hydra.sweep.dir (which may use it) resolves."""
+        assert self.config is not None
+        with read_write(self.config.hydra.sweeper), open_dict(self.config.hydra.sweeper):
+            self.config.hydra.sweeper.study_name = name
+
+    def _check_composes(self, space: SearchSpace, study_name: str) -> None:
+        """Compose the config once per categorical choice, so a misspelt key or option fails before any trial."""
+        assert self.config is not None and self.hydra_context is not None
+        first = {name: _first_value(p.distribution) for name, p in space.params.items()}
+        probes = [first]
+        for name, param in space.params.items():
+            for choice in getattr(param.distribution, "choices", ())[1:]:
+                probes.append({**first, name: choice})
+        for values in probes:
+            overrides = space.overrides(values)
+            try:
+                self.hydra_context.config_loader.load_sweep_config(
+                    self.config, overrides + _trial_identity(study_name, 0)
+                )
+            except Exception as e:
+                message = " ".join(str(e).split())
+                raise ValueError(
+                    f"Every trial's overrides must compose with the app's config, but got {' '.join(overrides)}: "
+                    f"{message[:400]}"
+                ) from None
+
+    def _log_start(
+        self,
+        study: optuna.Study,
+        storage_url: str | None,
+        space: SearchSpace,
+        budget: Budget,
+        sampler: optuna.samplers.BaseSampler,
+        pruner: optuna.pruners.BasePruner,
+        n_workers: int,
+    ) -> None:
+        s = self.settings
+        used = budget.used(study)
+        log.info(
+            "Study %r in %s: %s, %s, direction %s",
+            study.study_name,
+            mask_url(storage_url),
+            sampler_name(sampler),
+            type(pruner).__name__,
+            "/".join(s.directions),
+        )
+        for name, param in space.params.items():
+            log.info("    %s: %s", name, describe(param.distribution))
+        for fixed in space.fixed.values():
+            log.info("    %s (fixed)", f"{fixed.name}=***" if fixed.secret else fixed.override)
+        grid = f" (grid of {budget.n_grid} points)" if budget.n_grid is not None else ""
+        log.info(
+            "Budget: n_trials=%d%s, %d already in the study, %d to run, %d at a time",
+            budget.n_trials,
+            grid,
+            used,
+            max(budget.left(study), 0),
+            n_workers,
+        )
+        if n_workers < s.n_jobs:
+            log.info("n_jobs=%d needs a launcher that runs jobs apart (hydra/launcher=joblib)", s.n_jobs)
+
+
+def _trial_identity(study_name: str, number: int) -> list[str]:
+    """Hydra overrides that tell a job its trial: the environment (keeping override_dirname clean) and the
+    study name, which the job's hydra.sweep.dir may use."""
+    return [
+        f"hydra.sweeper.study_name={format_value(study_name)}",
+        f"++hydra.job.env_set.{ENV_STUDY}={format_value(study_name)}",
+        f"++hydra.job.env_set.{ENV_TRIAL}={number}",
+    ]
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return format_value(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
+def _first_value(dist: Any) -> Any:
+    choices = getattr(dist, "choices", None)
+    return choices[0] if choices is not None else dist.low
+
+
+def default_study_name(config: DictConfig, space: SearchSpace) -> str:
+    """`<task>-<model>-<finetune>` from the app's config (`sms_spam-small-lora`); a swept group shows its
+    choices joined by `+` (`sms_spam-small+medium-lora`); the job name when the app has none of these."""
+    parts = []
+    for group, key in NAME_PARTS:
+        param = space.params.get(group)
+        if param is not None and hasattr(param.distribution, "choices"):
+            parts.append("+".join(str(c) for c in param.distribution.choices))
+        elif group in space.fixed:
+            parts.append(str(space.fixed[group].value))
+        else:
+            value = OmegaConf.select(config, key, default=None)
+            if value is not None:
+                parts.append(str(value))
+    return "-".join(parts) or str(config.hydra.job.name)

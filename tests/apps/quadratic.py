@@ -1,0 +1,75 @@
+"""A toy Hydra app that keeps sweep.py's contract, for the sweeper tests (seconds instead of minutes).
+
+The loss falls with each step towards (x - 1)^2 + y, is reported at every step through
+`sweeper.current_trial()`, and the job returns it (or (loss, model.size) when `objective` is a list).
+
+    python tests/apps/quadratic.py -m 'x=interval(-2,2)' y=0,1 hydra.sweeper.n_trials=6
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import hydra
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper import current_trial
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised like tasks.trainer's: a NaN/inf loss ends the trial as FAIL."""
+
+
+def suggest_y(cfg: DictConfig, trial: optuna.Trial) -> None:
+    """A custom_search_space: y only matters (and is searched) when x is positive."""
+    if trial.params["x"] > 0:
+        trial.suggest_int("y", 0, 3)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="quadratic")
+def main(cfg: DictConfig) -> float | tuple[float, float]:
+    trial = current_trial()
+    if cfg.kill_above is not None and cfg.x > cfg.kill_above:
+        os.kill(os.getpid(), signal.SIGKILL)  # a worker killed mid-trial (only under a process launcher)
+    curve = []
+    loss = math.inf
+    for step in range(1, cfg.steps + 1):
+        loss = (cfg.x - 1.0) ** 2 + cfg.y + cfg.model.offset + 1.0 / step
+        if cfg.nan_above is not None and cfg.x > cfg.nan_above:
+            loss = float("nan")
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss} at step {step}")
+        curve.append({"step": step, "val_loss": loss})
+        if trial is not None:
+            trial.report(loss, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        slow = trial is not None and trial.number == cfg.slow_trial
+        time.sleep(cfg.slow_s / cfg.steps if slow else cfg.sleep_s)
+    multi = not isinstance(cfg.objective, str)
+    run_dir = HydraConfig.get().runtime.output_dir
+    metrics = {
+        "objective": {"name": list(cfg.objective) if multi else cfg.objective, "key": "val_loss", "value": loss},
+        "metrics": {"val_loss": loss, "best_step": cfg.steps},
+        "summary": {"model": cfg.model.name, "x": cfg.x, "y": cfg.y},
+        "trainable_params": cfg.model.size,
+        "run_dir": run_dir,
+        "device": "cpu",
+        "val_curve": curve,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    Path(run_dir, "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if trial is not None:
+        trial.set_metrics(metrics)
+    return (loss, float(cfg.model.size)) if multi else loss
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The sweeper's keys are checked when it is built (one rule, one error), and samplers/pruners built from them."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.samplers import GridSampler, NSGAIISampler, QMCSampler, RandomSampler, TPESampler
+
+from sweeper import parse_search_space
+from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
+from sweeper._pruners import build_pruner
+from sweeper._samplers import PerTrialSeedSampler, build_sampler
+from sweeper._settings import build_settings, failures_allowed
+from sweeper._storage import absolute_url, mask_url
+from sweeper._sweeper import OptunaSweeper
+
+ROOT = Path(__file__).resolve().parents[1]
+TPE = {"_target_": "optuna.samplers.TPESampler", "seed": None}
+NOP = {"_target_": "optuna.pruners.NopPruner"}
+
+
+def settings(**overrides):
+    raw = {"sampler": TPE, "pruner": NOP, "direction": "minimize", "storage": None, "n_trials": 4, "n_jobs": 1}
+    raw.update({"max_failure_rate": 0.5, **overrides})
+    return build_settings(**raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("direction", "up", "`direction` must be 'minimize', 'maximize' or a non-empty list of them, but got"),
+        ("direction", [], "but got direction=[]"),
+        ("objective", 3, "`objective` must be a name or a list of names, but got objective=3"),
+        ("objective", ["a", "b"], "`objective` and `direction` must have the same length"),
+        ("storage", "redis://h/0", "`storage` must be null, a database URL"),
+        ("study_name", "  ", "`study_name` must be null or a non-empty string, but got study_name='  '"),
+        ("n_trials", 0, "`n_trials` must be a positive integer, but got n_trials=0"),
+        ("n_trials", True, "`n_trials` must be a positive integer, but got n_trials=True"),
+        ("n_jobs", 1.5, "`n_jobs` must be a positive integer, but got n_jobs=1.5"),
+        ("max_failure_rate", 1.5, "`max_failure_rate` must be between 0 and 1 inclusive, but got max_failure_rate=1.5"),
+        ("params", [1, 2], "`params` must be a mapping of key to sweep"),
+        ("search_space", {"x": {"type": "float"}}, "`search_space` was replaced by `params` in hydra-optuna-sweeper"),
+        ("custom_search_space", "nodots", "`custom_search_space` must be the dotted path of a function"),
+        ("sampler", {"seed": 1}, "`sampler` must be a config with a `_target_`"),
+        ("n_trails", 5, "hydra.sweeper keys must be in"),
+    ],
+)
+def test_each_key_is_checked_with_one_error_in_optunas_form(key, value, message):
+    with pytest.raises(ValueError) as info:
+        settings(**{key: value})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_password_in_a_bad_storage_url_is_not_echoed():
+    with pytest.raises(ValueError) as info:
+        settings(storage="redis://user:hunter2@host/0")
+    assert "hunter2" not in str(info.value)
+    assert mask_url("postgresql+psycopg://u:hunter2@db:5432/optuna") == "postgresql+psycopg://u:***@db:5432/optuna"
+
+
+def test_relative_file_storages_are_made_absolute_so_jobs_that_chdir_find_them(tmp_path):
+    assert absolute_url("sqlite:///sweeps.db", tmp_path) == f"sqlite:///{tmp_path / 'sweeps.db'}"
+    assert absolute_url("journal:///j.log", tmp_path) == f"journal:///{tmp_path / 'j.log'}"
+    assert absolute_url(f"sqlite:///{tmp_path}/a.db", "/elsewhere") == f"sqlite:///{tmp_path}/a.db"
+    assert absolute_url("postgresql://h/db", tmp_path) == "postgresql://h/db"
+
+
+def test_multi_objective_settings_and_failure_allowance():
+    s = settings(direction=["maximize", "minimize"], objective=["accuracy", "trainable_params"], n_trials=10)
+    assert s.multi_objective and s.metric_names == ["accuracy", "trainable_params"]
+    assert failures_allowed(s) == 5
+    assert failures_allowed(settings(max_failure_rate=0.0)) == 0
+
+
+def test_every_sampler_and_pruner_config_has_a_target_optuna_knows():
+    for node in [*SAMPLERS.values(), *PRUNERS.values()]:
+        target = node()._target_
+        module, name = target.rsplit(".", 1)
+        if name != "MOTPESampler":
+            assert hasattr(optuna.samplers if "samplers" in module else optuna.pruners, name), target
+    conf = LorasweepSweeperConf()
+    assert conf.direction == "${oc.select:direction,minimize}" and conf.max_failure_rate == 0.5
+
+
+def test_motpe_is_accepted_and_runs_tpe_with_a_message(caplog):
+    space = parse_search_space(["x=interval(0,1)"])
+    spec = {"_target_": "optuna.samplers.MOTPESampler", "seed": None, "n_startup_trials": 5}
+    with caplog.at_level(logging.WARNING):
+        sampler, _ = build_sampler(spec, space)
+    assert isinstance(sampler, TPESampler)
+    assert "MOTPESampler was removed from Optuna" in caplog.text and "hydra/sweeper/sampler=tpe" in caplog.text
+
+
+def test_unknown_sampler_argument_and_class_fail_when_the_sweeper_is_built():
+    with pytest.raises(ValueError, match=r"Sampler arguments must be those of optuna.samplers._random.RandomSampler"):
+        build_sampler({"_target_": "optuna.samplers.RandomSampler", "n_startup_trials": 3}, None)
+    with pytest.raises(ValueError, match=r"`sampler._target_` must name an Optuna sampler class .* but got"):
+        build_sampler({"_target_": "optuna.samplers.NoSuchSampler"}, None)
+    with pytest.raises(ValueError, match=r"`pruner._target_` must be a subclass of BasePruner"):
+        build_pruner({"_target_": "optuna.samplers.RandomSampler"}, False)
+    with pytest.raises(ValueError, match=r"Percentile must be between 0 and 100"):
+        OptunaSweeper(
+            sampler=TPE,
+            pruner={"_target_": "optuna.pruners.PercentilePruner", "percentile": 120.0},
+            direction="minimize",
+            n_trials=2,
+            n_jobs=1,
+            max_failure_rate=0.5,
+        )
+
+
+def test_grid_sampler_gets_the_whole_grid_and_its_size():
+    space = parse_search_space(["lora.rank=4,8,16", "trainer.batch_size=range(8,16,8)"])
+    sampler, n_grid = build_sampler({"_target_": "optuna.samplers.GridSampler", "seed": None}, space)
+    assert isinstance(sampler, GridSampler) and n_grid == 6
+
+
+def test_pruning_is_off_for_multi_objective_studies(caplog):
+    median = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}
+    assert isinstance(build_pruner(median, False), optuna.pruners.MedianPruner)
+    with caplog.at_level(logging.WARNING):
+        assert isinstance(build_pruner(median, True), optuna.pruners.NopPruner)
+    assert "Optuna cannot prune multi-objective studies" in caplog.text
+
+
+def _first_params(sampler, n=4, seed_study=None):
+    study = optuna.create_study(sampler=sampler)
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1), "c": optuna.distributions.CategoricalDistribution("abc")}
+    out = []
+    for _ in range(n):
+        trial = study.ask(dist)
+        out.append(tuple(trial.params.values()))
+        study.tell(trial, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("target", ["optuna.samplers.TPESampler", "optuna.samplers.RandomSampler"])
+def test_a_fixed_seed_is_reproducible_but_never_replays_within_a_study(target):
+    spec = {"_target_": target, "seed": 7}
+    first, _ = build_sampler(spec, None)
+    again, _ = build_sampler(spec, None)
+    assert isinstance(first, PerTrialSeedSampler)
+    run = _first_params(first)
+    assert run == _first_params(again), "a fresh study with the same seed gives the same points"
+    assert len(set(run)) == len(run), "no two trials share a point"
+    # a plain seeded sampler in two workers would draw the same first point; here trial numbers differ
+    plain = [_first_params(RandomSampler(seed=7), n=1)[0] for _ in range(2)]
+    assert plain[0] == plain[1]
+
+
+def test_qmc_and_nsgaii_keep_their_classes():
+    qmc, _ = build_sampler({"_target_": "optuna.samplers.QMCSampler", "seed": 3}, None)
+    assert isinstance(qmc, QMCSampler), "QMC splits one sequence among workers: same seed everywhere"
+    nsga, _ = build_sampler({"_target_": "optuna.samplers.NSGAIISampler", "seed": 3, "population_size": 4}, None)
+    assert isinstance(nsga, PerTrialSeedSampler) and "NSGAIISampler" in repr(nsga)
+    assert isinstance(nsga._current, NSGAIISampler)
+
+
+def test_every_sampler_and_pruner_builds_from_its_defaults_without_deprecated_arguments():
+    space = parse_search_space(["x=0,1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, node in SAMPLERS.items():
+            if name != "motpe":
+                build_sampler({**asdict(node()), "seed": 3}, space)
+        for node in PRUNERS.values():
+            build_pruner(asdict(node()), multi_objective=False)
+
+
+def test_the_lora_vs_full_search_space_composes_and_builds(compose_cfg):
+    cfg = compose_cfg("hparams_search=lora_vs_full")
+    sweeper_cfg = {k: v for k, v in cfg.hydra.sweeper.items() if k not in ("_target_", "_recursive_")}
+    built = OptunaSweeper(**sweeper_cfg)
+    assert built.settings.directions == ["maximize"] and built.settings.metric_names == ["accuracy"]
+    assert built.settings.study_name == "sms_spam-small-lora_vs_full"
+    space = parse_search_space([f"{k}={v}" for k, v in built.settings.params.items()])
+    assert space.distributions["finetune"].choices == ("full", "lora")
+    assert space.distributions["optim.lr"].log
+    first_lines = (ROOT / "conf" / "hparams_search" / "lora_vs_full.yaml").read_text().splitlines()[:6]
+    assert any("python sweep.py hparams_search=lora_vs_full" in line for line in first_lines)

@@ -1,0 +1,198 @@
+"""Budget, outcomes and the job-side trial handle against a real SQLite study (no Hydra process needed)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from sweeper import ENV_STUDY, ENV_TRIAL, current_trial, user_attrs_from_metrics
+from sweeper._budget import NOT_RUN, Budget, is_not_run
+from sweeper._outcome import judge, record
+from sweeper._storage import open_storage, open_study, with_retries
+from sweeper._trial import ENV_STORAGE
+
+X = {"x": FloatDistribution(0.0, 1.0)}
+
+
+@pytest.fixture
+def storage_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+def make_study(url, sampler=None, directions=("minimize",), pruner=None, name="s"):
+    return open_study(
+        open_storage(url),
+        name,
+        list(directions),
+        sampler or optuna.samplers.RandomSampler(seed=0),
+        pruner or optuna.pruners.NopPruner(),
+        None,
+    )
+
+
+def test_ask_first_then_count_lets_exactly_n_trials_run_when_workers_race(storage_url):
+    study, budget = make_study(storage_url), Budget(n_trials=2)
+    # three workers each saw one place left and asked before anyone counted
+    asked = [study.ask(X) for _ in range(3)]
+    admitted = [t for t in asked if budget.admits(study, t)]
+    assert [t.number for t in admitted] == [0, 1]
+    budget.discard(study, asked[2])
+    third = study.trials[2]
+    assert third.state == TrialState.FAIL and third.user_attrs["fail_reason"] == NOT_RUN and is_not_run(third)
+    assert budget.used(study) == 2 and budget.left(study) == 0
+    # a failure frees its place in the budget, a pruned trial keeps it
+    study.tell(asked[0], state=TrialState.FAIL)
+    study.tell(asked[1], state=TrialState.PRUNED)
+    assert budget.left(study) == 1
+
+
+def test_grid_points_run_once_and_a_discarded_trial_gives_its_point_back(storage_url):
+    grid = {"r": [4, 8, 16]}
+    study = make_study(storage_url, sampler=optuna.samplers.GridSampler(grid))
+    budget = Budget(n_trials=20, grid=grid)
+    assert budget.n_trials == 3
+    dist = {"r": CategoricalDistribution([4, 8, 16])}
+    first = study.ask(dist)
+    study.tell(first, state=TrialState.FAIL)  # a failed grid point is not run again, as in Optuna
+    assert budget.left(study) == 2
+    second = study.ask(dist)
+    budget.discard(study, second)  # lost a race: its point is free again
+    assert budget.left(study) == 2
+    seen = {first.params["r"]}
+    while budget.left(study) > 0:
+        trial = study.ask(dist)
+        assert budget.admits(study, trial)
+        seen.add(trial.params["r"])
+        record(study, trial, judge(_returned(1.0), None, 1), run_dir=None)  # GridSampler's stop() is tolerated
+    assert seen == {4, 8, 16}
+
+
+def _returned(value=None, error=None):
+    ret = JobReturn()
+    ret.status = JobStatus.FAILED if error is not None else JobStatus.COMPLETED
+    ret.return_value = error if error is not None else value
+    return ret
+
+
+@pytest.mark.parametrize(
+    ("ret", "launch_error", "n", "state", "reason"),
+    [
+        (_returned(0.5), None, 1, TrialState.COMPLETE, None),
+        (_returned((0.9, 12.0)), None, 2, TrialState.COMPLETE, None),
+        (_returned(error=optuna.TrialPruned("at step 3")), None, 1, TrialState.PRUNED, None),
+        (_returned(error=FloatingPointError("nan loss")), None, 1, TrialState.FAIL, "FloatingPointError: nan loss"),
+        (_returned(math.nan), None, 1, TrialState.FAIL, "the job returned a NaN objective"),
+        (_returned(None), None, 1, TrialState.FAIL, "the job must return a float, but got value=None"),
+        (_returned(0.5), None, 2, TrialState.FAIL, "the job must return a sequence of 2 floats"),
+        (None, RuntimeError("worker killed"), 1, TrialState.FAIL, "the launcher failed before the job returned"),
+    ],
+)
+def test_each_job_result_becomes_one_trial_state(ret, launch_error, n, state, reason):
+    outcome = judge(ret, launch_error, n)
+    assert outcome.state == state
+    assert (outcome.reason is None) == (reason is None)
+    if reason:
+        assert reason in outcome.reason
+
+
+def test_recorded_outcomes_keep_the_last_value_of_a_pruned_trial_and_the_reason_of_a_failed_one(storage_url):
+    study = make_study(storage_url)
+    pruned, failed = study.ask(X), study.ask(X)
+    pruned.report(0.7, 1)
+    pruned.report(0.6, 2)
+    record(study, pruned, judge(_returned(error=optuna.TrialPruned()), None, 1), run_dir="/runs/trial_0")
+    record(study, failed, judge(_returned(error=MemoryError("CUDA out of memory")), None, 1), run_dir=None)
+    p, f = study.trials
+    assert p.state == TrialState.PRUNED and p.value == 0.6 and p.intermediate_values == {1: 0.7, 2: 0.6}
+    assert p.user_attrs["run_dir"] == "/runs/trial_0"
+    assert f.state == TrialState.FAIL and f.user_attrs["fail_reason"] == "MemoryError: CUDA out of memory"
+
+
+def test_a_resumed_study_with_other_directions_or_objective_is_an_error(storage_url):
+    make_study(storage_url, directions=("maximize",))
+    with pytest.raises(ValueError, match=r"but got direction=\['minimize'\] for study 's' stored with \['maximize'\]"):
+        make_study(storage_url, directions=("minimize",))
+    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
+    study = open_study(open_storage(storage_url), "m", ["maximize"], sampler, pruner, ["a"])
+    assert study.metric_names == ["a"]
+    with pytest.raises(ValueError, match=r"but got objective=\['b'\] for study 'm' stored with \['a'\]"):
+        open_study(open_storage(storage_url), "m", ["maximize"], sampler, pruner, ["b"])
+
+
+METRICS = {
+    "objective": {"name": "accuracy", "key": "val_accuracy", "direction": "maximize", "value": 0.9},
+    "metrics": {"val_loss": 0.3, "val_accuracy": 0.9, "val_macro_f1": 0.8, "test_accuracy": 0.88, "best_step": 20},
+    "summary": {"task": "sms_spam", "model": "tiny", "finetune": "lora", "lora_rank": 4, "lr": 3e-4},
+    "trainable_params": 8320,
+    "total_params": 3390400,
+    "peak_memory_mb": 497.6,
+    "device": "cpu",
+    "run_dir": "/runs/trial_0",
+    "stopped_early": False,
+    "train_curve": [{"step": 1, "loss": 0.7, "lr": 1e-4}],
+    "val_curve": [
+        {"step": 10, "val_loss": 0.5, "val_accuracy": 0.8},
+        {"step": 20, "val_loss": 0.3, "val_accuracy": 0.9},
+    ],
+    "config": {"model": {"name": "tiny"}},
+}
+
+
+def test_every_scalar_of_metrics_summary_and_top_level_becomes_a_user_attribute():
+    attrs = user_attrs_from_metrics(METRICS)
+    expected_names = set(METRICS["metrics"]) | set(METRICS["summary"]) | {"objective_name"}
+    expected_names |= {k for k, v in METRICS.items() if not isinstance(v, (dict, list))}
+    assert set(attrs) == expected_names
+    assert attrs["objective_name"] == "accuracy" and attrs["lora_rank"] == 4 and attrs["stopped_early"] is False
+    multi = {**METRICS, "objective": {"name": ["accuracy", "trainable_params"]}}
+    assert user_attrs_from_metrics(multi)["objective_name"] == ["accuracy", "trainable_params"]
+
+
+def test_current_trial_is_none_outside_a_sweep(monkeypatch):
+    monkeypatch.delenv(ENV_STUDY, raising=False)
+    monkeypatch.delenv(ENV_TRIAL, raising=False)
+    assert current_trial() is None
+
+
+def test_the_job_side_handle_reports_prunes_and_attaches_metrics(storage_url, monkeypatch):
+    study = make_study(storage_url, name="job")
+    done = study.ask(X)
+    done.report(0.5, 10)
+    study.tell(done, 0.5)
+    trial = study.ask(X)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # a job run outside Hydra (no hydra.sweeper config)
+    monkeypatch.setenv(ENV_STUDY, "job")
+    monkeypatch.setenv(ENV_TRIAL, str(trial.number))
+    monkeypatch.setenv(ENV_STORAGE, storage_url)
+    handle = current_trial()
+    assert handle is not None and handle.number == trial.number and current_trial() is handle
+    handle.report(0.8, 10)
+    assert handle.should_prune() is False, "outside Hydra there is no pruner config: never prune"
+    handle.set_metrics(METRICS)
+    stored = study.trials[trial.number]
+    assert stored.intermediate_values == {10: 0.8, 20: 0.9}, "the curve fills steps not reported, keeps reported ones"
+    assert stored.user_attrs == user_attrs_from_metrics(METRICS)
+
+
+def test_transient_database_errors_are_retried_and_the_last_one_is_raised():
+    from sqlalchemy.exc import OperationalError
+
+    calls = []
+
+    def flaky(fail_times: int) -> str:
+        calls.append(1)
+        if len(calls) <= fail_times:
+            raise OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return "opened"
+
+    assert with_retries(lambda: flaky(2), "opening", first_wait_s=0.001) == "opened" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(OperationalError):
+        with_retries(lambda: flaky(5), "opening", attempts=2, first_wait_s=0.001)
+    assert len(calls) == 2

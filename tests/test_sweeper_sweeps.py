@@ -1,0 +1,301 @@
+"""Real `-m` sweeps of a toy app (tests/apps/quadratic.py, sweep.py's contract) on a real SQLite study.
+
+Each test runs `python tests/apps/quadratic.py -m ...` as a user would and then opens the study with Optuna.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "tests" / "apps" / "quadratic.py"
+STUDY = "toy-small-lora"  # the default name: task, model and fine-tuning mode of the app's config
+
+pytestmark = pytest.mark.slow
+
+
+def app_command(tmp_path: Path, *args: str, storage: str | None = None) -> list[str]:
+    storage = storage or f"sqlite:///{tmp_path / 'study.db'}"
+    return [
+        sys.executable, str(APP), "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.sweeper.storage={storage}",
+        *args,
+    ]  # fmt: skip
+
+
+def app_env(pythonpath: Path = ROOT) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(pythonpath)}
+
+
+def run_app(tmp_path: Path, *args: str, check: bool = True, storage: str | None = None, **kwargs):
+    proc = subprocess.run(
+        app_command(tmp_path, *args, storage=storage),
+        cwd=tmp_path,
+        env=kwargs.pop("env", app_env()),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        **kwargs,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"sweep exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+def load(tmp_path: Path, name: str = STUDY) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.trials]
+
+
+def test_the_grammar_yields_log_float_categorical_and_stepped_int_distributions(tmp_path):
+    proc = run_app(
+        tmp_path,
+        "optim.lr=tag(log, interval(1e-5,1e-3))", "lora.rank=4,8,16", "trainer.batch_size=range(4,16,4)",
+        "model=medium", "hydra.sweeper.n_trials=3", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1",
+    )  # fmt: skip
+    study = load(tmp_path, "toy-medium-lora")
+    assert states(study) == ["COMPLETE"] * 3
+    for trial in study.trials:
+        assert trial.distributions == {
+            "optim.lr": FloatDistribution(1e-5, 1e-3, log=True),
+            "lora.rank": CategoricalDistribution([4, 8, 16]),
+            "trainer.batch_size": IntDistribution(4, 16, step=4),
+        }
+        assert trial.user_attrs["model"] == "medium", "a fixed override is recorded"
+        config = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / ".hydra" / "config.yaml").read_text())
+        assert config["optim"]["lr"] == trial.params["optim.lr"] and config["lora"]["rank"] == trial.params["lora.rank"]
+        assert config["trainer"]["batch_size"] == trial.params["trainer.batch_size"]
+        # the trial's identity travels in the environment, not in the job's overrides
+        overrides = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / ".hydra" / "overrides.yaml").read_text())
+        assert not any("LORASWEEP" in o or "study_name" in o for o in overrides)
+        assert Path(trial.user_attrs["run_dir"]).name == f"trial_{trial.number}"
+    assert study.metric_names == ["loss"]
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_value"] == study.best_value and results["best_params"] == study.best_params
+    assert results["fixed_params"] == {"model": "medium"}
+    db = tmp_path / "study.db"
+    assert f"optuna-dashboard sqlite:///{db}" in proc.stdout
+    assert f"python -m analysis.report --storage sqlite:///{db} --study toy-medium-lora" in proc.stdout
+
+
+def test_median_pruner_prunes_and_keeps_intermediate_values_even_when_jobs_chdir(tmp_path):
+    # a relative storage URL and jobs that change directory: the job still finds the study
+    run_app(
+        tmp_path,
+        "x=-2,-1,0,1,2,3", "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=2", "hydra.job.chdir=true",
+        storage="sqlite:///study.db",
+    )  # fmt: skip
+    study = load(tmp_path)
+    assert len(study.trials) == 6
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, states(study)
+    for trial in pruned:
+        assert trial.intermediate_values, "a pruned trial keeps what it reported"
+        assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+        assert len(trial.intermediate_values) < 4, "it stopped before its last step"
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete and all(sorted(t.intermediate_values) == [1, 2, 3, 4] for t in complete)
+
+
+def test_a_failing_trial_is_fail_with_its_reason_and_the_others_complete(tmp_path):
+    run_app(tmp_path, "x=0,1,2,3", "nan_above=2.5", "hydra/sweeper/sampler=grid")
+    study = load(tmp_path)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].params == {"x": 3}
+    assert failed[0].user_attrs["fail_reason"] == "NonFiniteLossError: loss is nan at step 1"
+    assert sorted(t.params["x"] for t in study.trials if t.state == TrialState.COMPLETE) == [0, 1, 2]
+
+
+def test_too_many_failures_stop_the_sweep_with_a_clear_error(tmp_path):
+    proc = run_app(
+        tmp_path, "x=interval(1,2)", "nan_above=0", "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=0.25",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "The sweep stopped early: 2 trials failed, more than max_failure_rate x n_trials = 1" in proc.stderr
+    assert states(load(tmp_path)) == ["FAIL", "FAIL"]
+    assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
+
+
+def test_resume_tops_up_to_n_trials_instead_of_running_n_trials_more(tmp_path):
+    args = ["x=interval(-2.0,2.0)", "hydra.sweeper.n_trials=3", "hydra/sweeper/sampler=tpe"]
+    args.append("hydra.sweeper.sampler.seed=5")
+    run_app(tmp_path, *args)
+    first = [t.params for t in load(tmp_path).trials]
+    proc = run_app(tmp_path, *args)
+    assert "3 already in the study, 0 to run" in proc.stdout
+    assert len(load(tmp_path).trials) == 3
+    run_app(tmp_path, *(a.replace("n_trials=3", "n_trials=5") for a in args))
+    study = load(tmp_path)
+    assert states(study) == ["COMPLETE"] * 5
+    resumed = [t.params for t in study.trials[3:]]
+    assert not any(p in first for p in resumed), "a fixed seed does not replay the first run's points"
+
+
+def test_two_sweep_processes_on_one_study_share_the_budget_exactly(tmp_path):
+    command = app_command(tmp_path, "x=interval(-2.0,2.0)", "y=0,1", "hydra.sweeper.n_trials=6", "sleep_s=0.05")
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=app_env(), **pipes) for _ in range(2)]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    study = load(tmp_path)
+    run = [t for t in study.trials if not t.system_attrs.get("lorasweep:not_run")]
+    assert len(run) == 6 and all(t.state == TrialState.COMPLETE for t in run)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert all(t.state == TrialState.FAIL for t in study.trials if t not in run), "only races leave not-run trials"
+    assert sum("trial" in line and "COMPLETE" in line for out in outputs for line in out.splitlines()) == 6
+
+
+def test_n_jobs_2_with_joblib_completes_the_budget_without_a_batch_barrier(tmp_path):
+    run_app(
+        tmp_path, "x=interval(-2.0,2.0)", "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", "slow_trial=0", "slow_s=6", "hydra/sweeper/pruner=median",
+    )  # fmt: skip
+    study = load(tmp_path)
+    assert states(study) == ["COMPLETE"] * 5
+    assert all(t.intermediate_values and t.user_attrs["val_loss"] == t.value for t in study.trials)
+    slow = study.trials[0]
+    # while the slow trial ran, the other slot finished a trial and started another one at once
+    during = [t for t in study.trials[1:] if t.datetime_complete < slow.datetime_complete]
+    assert len(during) >= 2, [(t.number, t.datetime_start, t.datetime_complete) for t in study.trials]
+
+
+def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    run_app(tmp_path, "x=0,1,2", "kill_above=1.5", "hydra/sweeper/sampler=grid", "hydra/launcher=joblib")
+    study = load(tmp_path)
+    killed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(killed) == 1 and killed[0].params == {"x": 2}
+    assert killed[0].user_attrs["fail_reason"].startswith("the launcher failed before the job returned")
+    assert sorted(t.params["x"] for t in study.trials if t.state == TrialState.COMPLETE) == [0, 1]
+
+
+def test_multi_objective_sweeps_write_the_pareto_front_and_do_not_prune(tmp_path):
+    run_app(
+        tmp_path, "x=-1,0,1,2", "model=small,medium", "objective=[loss,trainable_params]",
+        "direction=[minimize,minimize]", "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+    )  # fmt: skip
+    study = load(tmp_path, "toy-small+medium-lora")
+    assert len(study.trials) == 8 and states(study) == ["COMPLETE"] * 8
+    assert study.metric_names == ["loss", "trainable_params"]
+    assert all(t.user_attrs["objective_name"] == ["loss", "trainable_params"] for t in study.trials)
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    front = {(s["params"]["x"], s["params"]["model"]) for s in results["solutions"]}
+    assert front == {(t.params["x"], t.params["model"]) for t in study.best_trials}
+    assert (1, "small") in front
+
+
+def test_custom_search_space_adds_conditional_params_that_reach_the_job(tmp_path):
+    run_app(
+        tmp_path, "x=-1,1", "hydra.sweeper.n_trials=4", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.custom_search_space=quadratic.suggest_y",
+    )  # fmt: skip
+    study = load(tmp_path)
+    assert {t.params["x"] for t in study.trials} == {-1, 1}
+    for trial in study.trials:
+        assert ("y" in trial.params) == (trial.params["x"] > 0)
+        assert trial.user_attrs["y"] == trial.params.get("y", 0), "the job ran with the suggested y"
+
+
+def test_a_resumed_study_with_another_direction_is_refused_and_left_untouched(tmp_path):
+    run_app(tmp_path, "x=0,1", "hydra/sweeper/sampler=grid")
+    proc = run_app(tmp_path, "x=0,1", "hydra/sweeper/sampler=grid", "direction=maximize", check=False)
+    assert proc.returncode != 0
+    assert "but got direction=['maximize'] for study 'toy-small-lora' stored with ['minimize']" in proc.stderr
+    assert states(load(tmp_path)) == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["lora.rnak=4,8"], "Every trial's overrides must compose with the app's config, but got lora.rnak=4"),
+        (["model=small,large"], "but got model=large"),
+        (["hydra.sweeper.n_trials=0"], "`n_trials` must be a positive integer, but got n_trials=0"),
+        (["x=interval(0.0,1.0)", "hydra/sweeper/sampler=grid"], "The grid sampler needs discrete values"),
+    ],
+)
+def test_bad_input_fails_before_any_trial_runs(tmp_path, args, message):
+    proc = run_app(tmp_path, *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "sweep").exists()
+    if (tmp_path / "study.db").exists():
+        assert all(not s.n_trials for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}"))
+
+
+def test_an_interrupted_sweep_fails_its_running_trial_instead_of_leaving_it_running(tmp_path):
+    proc = subprocess.Popen(
+        app_command(tmp_path, "x=0,1", "hydra/sweeper/sampler=grid", "sleep_s=5"),
+        cwd=tmp_path,
+        env=app_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "sweep" / "trial_0" / ".hydra").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    (trial,) = load(tmp_path).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("the sweep stopped while the job ran: KeyboardInterrupt")
+
+
+def test_an_in_memory_study_still_reports_and_prunes_in_process(tmp_path):
+    proc = run_app(
+        tmp_path, "x=-2,-1,0,1,2,3", "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=2", storage="null",
+    )  # fmt: skip
+    assert "PRUNED" in proc.stdout and "storage=null" in proc.stdout
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_a_journal_file_storage_works_and_the_commands_name_the_file(tmp_path):
+    journal = tmp_path / "journal.log"
+    proc = run_app(tmp_path, "x=0,1", "hydra/sweeper/sampler=grid", storage=f"journal:///{journal}")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    assert len(study.trials) == 2 and all(t.intermediate_values for t in study.trials)
+    assert f"optuna-dashboard {journal}" in proc.stdout
+    assert f"python -m analysis.report --storage {journal} --study {STUDY}" in proc.stdout
+
+
+def test_the_shim_works_when_the_project_is_pip_installed_beside_other_hydra_plugins(tmp_path):
+    """Installed (not from the checkout): `hydra_plugins` stays a namespace, so the joblib launcher still loads."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", src)
+    for package in ("sweeper", "hydra_plugins"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    readme = ROOT / "README.md"
+    (src / "README.md").write_text(readme.read_text() if readme.exists() else "lorasweep\n")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site),
+         str(src)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert not (site / "hydra_plugins" / "__init__.py").exists()
+    assert (site / "hydra_plugins" / "lorasweep_sweeper" / "lorasweep_sweeper.py").exists()
+    run_dir = tmp_path / "elsewhere"
+    run_dir.mkdir()
+    run_app(run_dir, "x=0,1", "hydra/sweeper/sampler=grid", "hydra/launcher=joblib", env=app_env(pythonpath=site))
+    assert states(load(run_dir)) == ["COMPLETE", "COMPLETE"]
