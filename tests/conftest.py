@@ -72,3 +72,36 @@ def offline_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+CONF_DIR = ROOT / "conf"
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path):
+    """Compose conf/config.yaml as sweep.py would, with outputs and caches in `tmp_path`.
+
+    Returns a function `compose(*overrides) -> DictConfig`; `hydra:` interpolations resolve because the composed
+    Hydra config is installed as the current one (as the lightning-hydra-template's conftest does).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import tasks.metrics  # noqa: F401  (registers ${direction:...})
+
+    def _compose(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+            cfg.hydra.runtime.cwd = str(tmp_path)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # later tests must not see this run's Hydra config

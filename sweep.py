@@ -1,0 +1,55 @@
+"""lorasweep's entry point: one trial, or an Optuna study of them with `-m`.
+
+    python sweep.py                                         # one trial: GPT-2 small, LoRA, SMS spam
+    python sweep.py model=tiny task=sms_spam trainer.max_steps=50
+    python sweep.py -m lora.rank=4,8,16 model=medium        # an Optuna study over the ranks
+    python sweep.py -m hparams_search=lora_vs_full          # a prepared search space
+    python sweep.py --help                                  # config groups and their options
+
+Each trial writes `metrics.json` into its run folder; a sweep also records every trial in the study database
+(`sweeps.db` by default), which `optuna-dashboard` and `python -m analysis.report` read.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+import tasks.metrics  # noqa: F401  (registers the ${direction:...} resolver used by conf/config.yaml)
+from tasks.judge_settings import JudgeUnavailableError
+from tasks.trainer import NonFiniteLossError, TrialOutOfMemoryError, run_trial
+
+log = logging.getLogger("lorasweep")
+
+# problems with the user's config, data or settings: one line, no traceback, when running a single trial
+USER_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    NonFiniteLossError,
+    TrialOutOfMemoryError,
+    JudgeUnavailableError,
+)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
+    """Run one trial and return its objective (a tuple for multi-objective studies) to the sweeper."""
+    try:
+        metrics = run_trial(cfg)
+    except USER_ERRORS as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the trial as failed, with this reason
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        sys.exit(f"error: {message}")
+    value = metrics["objective"]["value"]
+    return tuple(value) if isinstance(value, list) else value
+
+
+if __name__ == "__main__":
+    main()

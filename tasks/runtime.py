@@ -1,0 +1,135 @@
+"""Where a trial runs: device and precision choice, seeding, peak memory, code version.
+
+Kept apart from the loop so each rule is in one place and testable without training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import resource
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved device and precision of a trial."""
+
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return None if self.precision == "fp32" else _DTYPES[self.precision]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for forward passes; a no-op in fp32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def resolve_runtime(device: str, precision: str) -> Runtime:
+    """Turn `trainer.device`/`trainer.precision` into a usable pair, or say why the pair cannot run here.
+
+    `auto` picks CUDA, then MPS, then CPU; precision `auto` is bf16 on CUDA that supports it, else fp32.
+    fp16 needs CUDA (a GradScaler on CPU makes no sense); bf16 on CPU is allowed (autocast supports it).
+    """
+    if device not in DEVICES:
+        raise ValueError(f"trainer.device must be one of {', '.join(DEVICES)}, but got trainer.device={device!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"trainer.precision must be one of {', '.join(PRECISIONS)}, but got trainer.precision={precision!r}"
+        )
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda needs a CUDA build of torch and a GPU, but none is available here")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("trainer.device=mps needs Apple's Metal backend, but it is not available here")
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device != "cuda":
+        raise ValueError(
+            f"trainer.precision=fp16 needs a CUDA device, but got trainer.device={device}; use fp32 or bf16"
+        )
+    if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("trainer.precision=bf16 is not supported by this GPU; use fp16 or fp32")
+    return Runtime(torch.device(device), precision)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a CPU run with the same config repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class PeakMemory:
+    """Peak memory of one trial: CUDA max allocated on a GPU, else the process's peak RSS.
+
+    On Linux the RSS high-water mark is reset at the start (`/proc/self/clear_refs`), so trials that run one after
+    another in one process each report their own peak rather than the process's.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.source = "cuda_max_allocated" if device.type == "cuda" else "peak_rss"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+
+    def megabytes(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        status = Path("/proc/self/status")
+        if status.exists():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        # ru_maxrss is KiB on Linux, bytes on macOS
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
+
+
+def code_version() -> str:
+    """The git commit of the project (with `-dirty` when there are local changes), else the package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        if commit:
+            return commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lorasweep")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,85 @@
+"""Check a composed trial config before anything expensive happens.
+
+Every problem is collected and reported in one `ValueError` (one line per run, problems separated by "; "), so a
+user fixes a config once instead of once per field. Hydra already rejects unknown group options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from tasks.optim import OPTIMIZERS, SCHEDULES
+from tasks.runtime import DEVICES, PRECISIONS
+
+LORA_TARGETS = ("qkv", "attn_proj", "fc", "mlp_proj")
+FINETUNE_MODES = ("full", "lora")
+
+
+class ConfigError(ValueError):
+    """A trial config that cannot run; raised before data is tokenized or a model is built."""
+
+
+def _positive(problems: list[str], name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        problems.append(f"`{name} > 0` must hold, but got {name}={value!r}")
+
+
+def _in(problems: list[str], name: str, value: Any, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        problems.append(f"{name} must be one of {', '.join(allowed)}, but got {name}={value!r}")
+
+
+def check_config(cfg: DictConfig, n_layer: int | None = None) -> None:
+    """Raise `ConfigError` listing every problem of `cfg`; `n_layer` bounds `freeze.blocks` when known."""
+    problems: list[str] = []
+    tr, lora, optim, sched = cfg.trainer, cfg.lora, cfg.optim, cfg.schedule
+
+    _in(problems, "finetune.mode", cfg.finetune.mode, FINETUNE_MODES)
+    if cfg.finetune.mode == "lora":
+        _positive(problems, "lora.rank", lora.rank)
+        if isinstance(lora.rank, float):
+            problems.append(f"lora.rank must be an integer, but got lora.rank={lora.rank!r}")
+        _positive(problems, "lora.alpha", lora.alpha)
+        if not isinstance(lora.dropout, (int, float)) or not 0.0 <= lora.dropout < 1.0:
+            problems.append(f"`0 <= lora.dropout < 1` must hold, but got lora.dropout={lora.dropout!r}")
+        bad = [t for t in lora.targets if t not in LORA_TARGETS]
+        if bad or not lora.targets:
+            problems.append(
+                f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, but got {list(lora.targets)}"
+            )
+
+    blocks = cfg.freeze.blocks
+    upper = n_layer if n_layer is not None else float("inf")
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or not 0 <= blocks <= upper:
+        bound = f"n_layer={n_layer} of model={cfg.model.name}" if n_layer is not None else "n_layer"
+        problems.append(f"`0 <= freeze.blocks <= {bound}` must hold, but got freeze.blocks={blocks!r}")
+
+    for key in ("batch_size", "grad_accum", "epochs"):
+        _positive(problems, f"trainer.{key}", tr[key])
+    for key in ("max_steps", "eval_every", "patience", "max_eval_batches", "grad_clip", "num_threads", "bucket"):
+        _positive(problems, f"trainer.{key}", tr.get(key), allow_none=True)
+    _positive(problems, "trainer.eval_batch_size", tr.get("eval_batch_size"), allow_none=True)
+    _in(problems, "trainer.device", tr.device, DEVICES)
+    _in(problems, "trainer.precision", tr.precision, PRECISIONS)
+
+    _in(problems, "optim.name", optim.name, OPTIMIZERS)
+    _positive(problems, "optim.lr", optim.lr)
+    if optim.get("weight_decay", 0.0) < 0:
+        problems.append(f"`optim.weight_decay >= 0` must hold, but got optim.weight_decay={optim.weight_decay!r}")
+    _in(problems, "schedule.name", sched.name, SCHEDULES)
+    ratio = sched.warmup_ratio
+    if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+        problems.append(f"`0 <= schedule.warmup_ratio < 1` must hold, but got schedule.warmup_ratio={ratio!r}")
+    if not 0.0 <= sched.get("min_lr_ratio", 0.0) <= 1.0:
+        problems.append(
+            f"`0 <= schedule.min_lr_ratio <= 1` must hold, but got schedule.min_lr_ratio={sched.min_lr_ratio!r}"
+        )
+
+    if problems:
+        raise ConfigError("; ".join(problems))
