@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import tasks.metrics  # noqa: F401  (registers the ${direction:...} resolver used by conf/config.yaml)
+import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
 from tasks.judge_settings import JudgeUnavailableError
 from tasks.trainer import NonFiniteLossError, TrialOutOfMemoryError, run_trial
 

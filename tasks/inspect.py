@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-import tasks.metrics  # noqa: F401  (registers the ${direction:...} resolver conf/config.yaml uses)
+import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
 from tasks.base import Task, TaskData
 from tasks.batching import TokenizedSplit
 from tasks.registry import get_task

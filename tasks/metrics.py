@@ -1,7 +1,6 @@
 """Task metrics as small pure functions, and the objective table that maps names to metrics.json keys.
 
-Importing this module registers the OmegaConf resolver ``direction`` that conf/config.yaml uses
-(``direction: ${direction:${objective}}``), so import it before composing the config.
+`tasks.resolvers` registers `objective_direction` as the `${direction:...}` resolver that conf/config.yaml uses.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import ListConfig
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
 
@@ -61,7 +60,6 @@ def objective_direction(name_or_list: Any) -> str | list[str]:
     return OBJECTIVES[name_or_list][1] if name_or_list in OBJECTIVES else METRIC_DIRECTIONS[key]
 
 
-OmegaConf.register_new_resolver("direction", objective_direction, replace=True)
 
 
 def accuracy(preds: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
