@@ -17,6 +17,8 @@ import optuna
 import pandas as pd
 from sqlalchemy.engine import make_url
 
+from analysis.schema import NOT_RUN_ATTR
+
 logger = logging.getLogger(__name__)
 
 # columns the frame itself defines; a user attribute with one of these names is kept as `user_attrs_<name>`
@@ -188,7 +190,8 @@ def trials_frame(studies: list[optuna.Study]) -> pd.DataFrame:
     for study in studies:
         names = objective_names(study)
         directions = [d.name.lower() for d in study.directions]
-        rows += [_trial_row(study, names, directions, t) for t in study.get_trials(deepcopy=False)]
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(NOT_RUN_ATTR)]
+        rows += [_trial_row(study, names, directions, t) for t in trials]
     df = pd.DataFrame(rows, columns=list(RESERVED[:3])) if not rows else pd.DataFrame(rows)
     for column in (*RESERVED, *EXPECTED):
         if column not in df:

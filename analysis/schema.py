@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# system attribute the sweeper sets on a trial it closed without running it (it lost the race for the last place
+# of the n_trials budget); such a trial is bookkeeping, not a result, and the analysis leaves it out
+NOT_RUN_ATTR = "lorasweep:not_run"
+
 
 @dataclass(frozen=True)
 class Knob:

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from analysis import tables
 from analysis.load import ReportInputError, load_studies, open_storage, trials_frame
 from analysis.report import main
-from analysis.schema import KNOBS
+from analysis.schema import KNOBS, NOT_RUN_ATTR
 
 ROOT = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -444,3 +444,18 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "error: the SQLite file of --storage must exist" in result.stderr
+
+
+def test_trials_the_sweeper_closed_unrun_are_left_out(tmp_path):
+    """A trial that lost the race for the last budget place is FAIL bookkeeping, not a failure of a config."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    study = optuna.create_study(study_name="race", storage=url, direction="maximize")
+    rank = {"lora.rank": CategoricalDistribution([4])}
+    attrs = {"task": "sms_spam", "model": "tiny", "finetune": "lora", "lora_rank": 4, "val_accuracy": 0.9}
+    _record(study, {"lora.rank": 4}, rank, attrs, values=0.9)
+    loser = study.ask()
+    study._storage.set_trial_system_attr(loser._trial_id, NOT_RUN_ATTR, True)
+    loser.set_user_attr("fail_reason", "not run: the study's n_trials budget was already taken")
+    study.tell(loser, state=TrialState.FAIL)
+    frame = trials_frame([optuna.load_study(study_name="race", storage=url)])
+    assert list(frame["state"]) == ["COMPLETE"]
