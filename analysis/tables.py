@@ -20,8 +20,13 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
 def complete(df: pd.DataFrame) -> pd.DataFrame:
-    """Finished trials with a value: the only ones whose objective is comparable."""
-    return df[(df["state"] == "COMPLETE") & df["value"].notna()]
+    """Finished trials with a value: the only ones whose objective is comparable.
+
+    A trial that reused an equivalent trial's result (user attribute `duplicate_of`) is left out, so a config
+    counts once in means and fronts however many grid points mapped to it.
+    """
+    original = df["duplicate_of"].isna() if "duplicate_of" in df else True
+    return df[(df["state"] == "COMPLETE") & df["value"].notna() & original]
 
 
 def _score(df: pd.DataFrame) -> pd.Series:

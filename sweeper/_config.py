@@ -152,7 +152,8 @@ class LorasweepSweeperConf:
     # name(s) of what the job returns (the study's metric names); the app's top-level `objective` if any
     objective: Any = "${oc.select:objective,null}"
     # database URL (sqlite, postgresql, mysql) or journal:///<file>; null keeps the study in memory
-    storage: str | None = "sqlite:///${hydra:runtime.cwd}/sweeps.db"
+    # relative SQLite/journal paths are made absolute against the launch directory when the sweeper starts
+    storage: str | None = "sqlite:///sweeps.db"
     study_name: str | None = None  # null: from the app's task, model and fine-tuning mode
     n_trials: int = 20  # the study's total budget (COMPLETE + PRUNED + RUNNING), shared by all workers
     n_jobs: int = 1  # trials in flight at once (needs a launcher that runs jobs apart, e.g. joblib)

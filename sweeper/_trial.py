@@ -63,6 +63,15 @@ class TrialHandle:
     def set_user_attr(self, key: str, value: Any) -> None:
         self._trial.set_user_attr(key, value)
 
+    def find_complete(self, attr: str, value: Any) -> optuna.trial.FrozenTrial | None:
+        """The first COMPLETE trial of this study whose user attribute `attr` equals `value`, or None.
+
+        Lets a job notice that an equivalent trial already finished (e.g. a grid that crosses `finetune=full` with
+        LoRA ranks the full trials ignore) and reuse its result instead of training again.
+        """
+        done = self._trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return next((t for t in done if t.number != self.number and t.user_attrs.get(attr) == value), None)
+
     def set_metrics(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Store metrics.json's scalars as user attributes and its validation curve as intermediate values.
 

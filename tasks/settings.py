@@ -6,10 +6,12 @@ user fixes a config once instead of once per field. Hydra already rejects unknow
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tasks.optim import OPTIMIZERS, SCHEDULES
 from tasks.runtime import DEVICES, PRECISIONS
@@ -83,3 +85,24 @@ def check_config(cfg: DictConfig, n_layer: int | None = None) -> None:
 
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """A short hash of everything that decides what a trial computes.
+
+    Two trials with the same fingerprint train the same model on the same data and get the same metrics, so a
+    sweep can reuse the first one's result: e.g. a grid crossing `finetune=full,lora` with `lora.rank=4,16` holds
+    two full fine-tuning points that differ only in a rank they ignore. Left out: where outputs go (`paths`), the
+    LoRA node under full fine-tuning, and the judge for tasks that generate nothing.
+    """
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    config.pop("paths", None)
+    config.pop("hydra", None)
+    config.get("trainer", {}).pop("num_threads", None)
+    if cfg.finetune.mode != "lora":
+        config.pop("lora", None)
+    if cfg.task.name != "alpaca":
+        config.pop("judge", None)
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

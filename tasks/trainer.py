@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +25,10 @@ from tqdm.auto import tqdm
 
 from tasks.optim import build_optimizer, lr_at, set_lr
 from tasks.runtime import PeakMemory, Runtime, code_version, resolve_runtime, seed_everything
-from tasks.settings import check_config
+from tasks.settings import check_config, config_fingerprint
+
+if TYPE_CHECKING:
+    from model import GPTConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ def build_model(cfg: DictConfig, num_classes: int | None, runtime: Runtime) -> t
     return model
 
 
-def _preset(cfg: DictConfig) -> Any:
+def _preset(cfg: DictConfig) -> GPTConfig:
     """The size preset of `cfg.model` (n_layer, n_positions...), known before any weights are read."""
     from model import GPTConfig
 
@@ -451,11 +454,31 @@ def _record(
         "seed": cfg.trainer.seed,
         "run_dir": str(out),
         "code_version": code_version(),
+        "config_fingerprint": config_fingerprint(cfg),
         "data": dict(data_info),
         "train_curve": state.train_curve,
         "val_curve": state.val_curve,
         "config": _resolved_config(cfg),
     }
+
+
+def _reuse(twin: Any, trial: Any, out: Path, started: float) -> dict[str, Any]:
+    """Record an equivalent finished trial's result as this trial's, without training (see `config_fingerprint`)."""
+    source = Path(str(twin.user_attrs.get("run_dir", ""))) / "metrics.json"
+    if source.is_file():
+        result = json.loads(source.read_text())
+    else:  # the twin ran on another machine: what the study holds is what is known
+        values = twin.values if len(twin.values) > 1 else twin.values[0]
+        result = {**twin.user_attrs, "objective": {"name": twin.user_attrs.get("objective_name"), "value": values}}
+    result.update(status="duplicate", duplicate_of=twin.number, run_dir=str(out))
+    result["reuse_time_s"] = time.perf_counter() - started
+    _write_json(out / "metrics.json", result)
+    trial.set_metrics(result)
+    log.info(
+        "trial %d has the same effective config as finished trial %d: its result is reused, nothing trained → %s",
+        trial.number, twin.number, out / "metrics.json",
+    )  # fmt: skip
+    return result
 
 
 def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -474,6 +497,13 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.trainer.seed)
+
+    trial = _current_trial()
+    fingerprint = config_fingerprint(cfg)
+    if trial is not None:
+        twin = trial.find_complete("config_fingerprint", fingerprint)
+        if twin is not None:
+            return _reuse(twin, trial, out, started)
 
     task = get_task(cfg.task)
     needs_judge = "judge" in objective.names
@@ -502,7 +532,6 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
         runtime.precision,
     )
     optimizer = build_optimizer(model, cfg.optim, runtime.device)
-    trial = _current_trial()
     state = FitState()
     try:
         state = fit(

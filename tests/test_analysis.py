@@ -459,3 +459,14 @@ def test_trials_the_sweeper_closed_unrun_are_left_out(tmp_path):
     study.tell(loser, state=TrialState.FAIL)
     frame = trials_frame([optuna.load_study(study_name="race", storage=url)])
     assert list(frame["state"]) == ["COMPLETE"]
+
+
+def test_a_reused_result_counts_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'dup.db'}"
+    study = optuna.create_study(study_name="dup", storage=url, direction="maximize")
+    rank = {"lora.rank": CategoricalDistribution([2, 4])}
+    attrs = {"task": "sms_spam", "model": "tiny", "finetune": "full", "val_accuracy": 0.9}
+    _record(study, {"lora.rank": 2}, rank, attrs, values=0.9)
+    _record(study, {"lora.rank": 4}, rank, {**attrs, "duplicate_of": 0}, values=0.9)
+    frame = trials_frame([optuna.load_study(study_name="dup", storage=url)])
+    assert len(frame) == 2 and list(tables.complete(frame)["number"]) == [0]

@@ -6,6 +6,7 @@ import copy
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +226,23 @@ def test_bad_settings_fail_in_one_line_before_the_model_is_built(override, field
     assert error_lines[-1].startswith("error: ") and field in error_lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_reuses_the_result_of_an_equivalent_finished_trial(sms_args, tmp_path):
+    """Full fine-tuning ignores lora.rank: a grid over ranks holds one distinct config, trained once."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    run_sweep_py(
+        "-m", *sms_args, "finetune=full", "lora.rank=2,4", "hydra/sweeper/sampler=grid", "trainer.max_steps=3",
+        f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=dup", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"paths.root_dir={tmp_path}",
+    )  # fmt: skip
+    first, second = optuna.load_study(study_name="dup", storage=storage).trials
+    assert first.state == second.state == optuna.trial.TrialState.COMPLETE
+    assert second.user_attrs["duplicate_of"] == first.number and second.value == first.value
+    assert second.user_attrs["config_fingerprint"] == first.user_attrs["config_fingerprint"]
+    assert second.intermediate_values == first.intermediate_values
+    copied = json.loads((Path(second.user_attrs["run_dir"]) / "metrics.json").read_text())
+    assert copied["status"] == "duplicate" and not (Path(second.user_attrs["run_dir"]) / "checkpoint").exists()
