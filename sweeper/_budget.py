@@ -7,6 +7,10 @@ others are closed at once as FAIL with `fail_reason` "not run: ...". Within one 
 share a lock, so only several processes racing for the last places leave such trials.
 
 With the grid sampler each grid point runs once: the budget is also bounded by the points not yet taken.
+
+A trial of a dead worker (heartbeat-stale) becomes FAIL, which frees its place, and its retry is queued as
+WAITING, which takes it: the study ends with n_trials COMPLETE (or PRUNED) trials plus the FAIL. Queued trials
+are run even when the count says the budget is spent, since they hold their place already.
 """
 
 from __future__ import annotations
@@ -40,12 +44,19 @@ class Budget:
 
     def left(self, study: optuna.Study) -> int:
         """Trials that may still start (0 = the budget is spent)."""
-        trials = self._trials(study)
+        return self._left(self._trials(study))
+
+    def _left(self, trials: list[FrozenTrial]) -> int:
         left = self.n_trials - sum(t.state in USED for t in trials)
         if self.n_grid is not None:
             taken = {self._grid_id(t) for t in trials if t.state != TrialState.WAITING} - {None}
             left = min(left, self.n_grid - len(taken))
         return left
+
+    def runnable(self, study: optuna.Study) -> bool:
+        """Whether asking makes sense: a place is left, or a queued (WAITING) trial such as a retry awaits."""
+        trials = self._trials(study)
+        return self._left(trials) > 0 or any(t.state == TrialState.WAITING for t in trials)
 
     def admits(self, study: optuna.Study, trial: optuna.Trial) -> bool:
         """Whether a freshly asked trial is inside the budget, judged by the trials numbered before it."""
@@ -53,8 +64,11 @@ class Budget:
         if sum(t.state in USED for t in earlier) >= self.n_trials:
             return False
         if self.n_grid is not None:
-            mine = self._grid_id(study._storage.get_trial(trial._trial_id))
-            if mine is not None and any(self._grid_id(t) == mine for t in earlier if t.state != TrialState.WAITING):
+            frozen = study._storage.get_trial(trial._trial_id)
+            mine = self._grid_id(frozen)
+            replaced = set(frozen.system_attrs.get("retry_history", []))  # a retry re-runs a failed trial's point
+            taken = [t for t in earlier if t.state != TrialState.WAITING and t.number not in replaced]
+            if mine is not None and any(self._grid_id(t) == mine for t in taken):
                 return False  # another worker took this grid point first
         return True
 

@@ -161,6 +161,13 @@ class LorasweepSweeperConf:
     params: dict[str, Any] | None = None  # search space in the override grammar: {lora.rank: 4,8,16}
     search_space: dict[str, Any] | None = None  # removed in hydra-optuna-sweeper 1.2: use params
     custom_search_space: str | None = None  # "module.function(cfg, trial)" that suggests more params
+    # several workers on one study (README "Scaling out"); RDB storages only (sqlite, postgresql, mysql).
+    # each running trial sends a heartbeat every heartbeat_interval s (null: off); a trial silent for grace_period s
+    # (null: 2 x heartbeat_interval) is failed by any live worker and its parameters run again, at most max_retry times
+    heartbeat_interval: int | None = 60
+    grace_period: int | None = None
+    max_retry: int | None = 3
+    reconnect_timeout: float = 120  # seconds a lost database connection is retried (backoff) before a worker stops
 
 
 SAMPLERS: dict[str, type] = {

@@ -4,28 +4,39 @@ Each slot is a thread that asks Optuna for a trial, hands it to Hydra's launcher
 Optuna the outcome. The ask (with the budget check) is serialised by a lock; launches run side by side, which
 needs a launcher that runs jobs outside this process (joblib, submitit): the sweeper uses one slot for
 Hydra's in-process basic launcher, whose jobs share the process's working directory and Hydra state.
+
+With several workers on one study, every trial in flight has a heartbeat, stale trials of dead workers are
+failed (and queued again) before each ask, and a worker whose budget is spent waits a grace period for the
+trials of other workers, so that one lost by a dead worker is still run. Every database call is retried while
+the connection is lost, for up to `reconnect_timeout` seconds; then the worker stops with a clear error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import optuna
 from hydra.core.utils import JobReturn
 from optuna.trial import TrialState
 
 from sweeper._budget import Budget
+from sweeper._gate import LaunchGate, broke_the_pool
+from sweeper._heartbeat import WORKER, Heartbeat
 from sweeper._outcome import Outcome, describe_error, judge, log_failure, record, tell
+from sweeper._settings import SweepError
+from sweeper._storage import first_line, is_transient, with_retries
 
 log = logging.getLogger(__name__)
 
 Prepare = Callable[[optuna.Trial], list[str]]
 Launch = Callable[[list[str], int], JobReturn]
+T = TypeVar("T")
+MAX_IDLE_POLL_S = 5.0
 
 
 class TrialLoop:
@@ -38,6 +49,9 @@ class TrialLoop:
         launch: Launch,
         n_workers: int,
         failures_allowed: int,
+        heartbeat: Heartbeat,
+        reconnect_timeout: float,
+        storage_name: str,
     ) -> None:
         self.study = study
         self.budget = budget
@@ -51,10 +65,22 @@ class TrialLoop:
         self.stop_reason: str | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+        self.heartbeat = heartbeat
+        self.reconnect_timeout = reconnect_timeout
+        self.storage_name = storage_name  # the URL with its password hidden
         self._in_flight: dict[int, optuna.Trial] = {}
+        self._gate = LaunchGate()
+        self._waiting_logged = False
 
     def run(self) -> None:
         """Run trials until the budget is spent or too many failed; re-raise a sweeper error from any slot."""
+        self.heartbeat.start()
+        try:
+            self._run()
+        finally:
+            self.heartbeat.stop()
+
+    def _run(self) -> None:
         if self.n_workers == 1:  # in this thread, so Ctrl-C reaches the job and the trial is closed
             self._slot()
             return
@@ -83,40 +109,73 @@ class TrialLoop:
                 self.stop_reason = self.stop_reason or describe_error(e)
 
     def _slot(self) -> None:
+        idle_since: float | None = None
         while True:
             with self._lock:
                 trial = self._next_trial()
-                if trial is None:
+                if trial is not None:
+                    try:
+                        overrides = self._prepare(trial)
+                    except BaseException:
+                        self._close(trial, "the sweeper failed while preparing this trial")
+                        raise
+            if trial is None:
+                idle_since = idle_since or time.monotonic()
+                if not self._wait_for_others(idle_since):
                     return
-                try:
-                    overrides = self.prepare(trial)
-                except BaseException:
-                    self._close(trial, "the sweeper failed while preparing this trial")
-                    raise
+                time.sleep(min(self.heartbeat.interval or 1, MAX_IDLE_POLL_S))
+                continue
+            idle_since = None
             try:
-                with self._keep_alive(trial):
-                    ret, error = self._launch(overrides, trial.number)
+                ret, error, note = self._run_job(overrides, trial.number)
             except BaseException as e:  # KeyboardInterrupt, SystemExit from an in-process job
                 self._close(trial, f"the sweep stopped while the job ran: {describe_error(e)}")
                 raise
-            outcome = judge(ret, error, len(self.study.directions))
-            run_dir = _run_dir(ret)
-            record(self.study, trial, outcome, run_dir)
+            outcome = judge(ret, error, len(self.study.directions), note)
+            self._record(trial, outcome, _run_dir(ret))
             with self._lock:
                 self._in_flight.pop(trial.number, None)
                 self._after(trial.number, outcome)
 
     def _next_trial(self) -> optuna.Trial | None:
         self._before_ask()
-        if self.stop_reason is not None or self.budget.left(self.study) <= 0:
+        if self.stop_reason is not None:
             return None
-        trial = self.study.ask(self.distributions)
-        if not self.budget.admits(self.study, trial):
-            log.info("trial %d not run: the budget was taken by other workers meanwhile", trial.number)
-            self.budget.discard(self.study, trial)
+        if not self._db(lambda: self.budget.runnable(self.study), "counting the study's trials"):
             return None
+        # a queued retry of a dead worker's trial comes first: study.ask pops WAITING trials
+        trial = self._db(lambda: self.study.ask(self.distributions), "asking for a trial")
         self._in_flight[trial.number] = trial
+        self._db(lambda: self.heartbeat.add(trial), f"starting the heartbeat of trial {trial.number}")
+        if not self._db(lambda: self.budget.admits(self.study, trial), "counting the study's trials"):
+            log.info("trial %d not run: the budget was taken by other workers meanwhile", trial.number)
+            self._db(lambda: self.budget.discard(self.study, trial), f"closing trial {trial.number}")
+            self.heartbeat.remove(trial)
+            self._in_flight.pop(trial.number, None)
+            return None
+        self._db(lambda: trial.set_user_attr("worker", WORKER), f"starting trial {trial.number}")
         return trial
+
+    def _prepare(self, trial: optuna.Trial) -> list[str]:
+        return self._db(lambda: self.prepare(trial), f"preparing trial {trial.number}")
+
+    def _run_job(self, overrides: list[str], number: int) -> tuple[JobReturn | None, BaseException | None, str | None]:
+        """Launch the job; if the launcher's process pool broke while other launches ran, run it again alone
+        (sweeper._gate): the pool may have died for another trial's job."""
+        with self._gate.shared() as launch:
+            ret, error = self._launch(overrides, number)
+        if not broke_the_pool(error) or not launch.overlapped or self.stop_reason is not None:
+            return ret, error, None
+        log.warning(
+            "trial %d: the launcher's process pool broke while other trials ran beside it (%s); running it again "
+            "alone, to tell its own failure from another trial's",
+            number,
+            type(error).__name__,
+        )
+        with self._gate.alone():
+            ret, error = self._launch(overrides, number)
+        note = "run again alone, its job ended its worker process again" if broke_the_pool(error) else None
+        return ret, error, note
 
     def _launch(self, overrides: list[str], number: int) -> tuple[JobReturn | None, BaseException | None]:
         try:
@@ -125,13 +184,78 @@ class TrialLoop:
             log.debug("launcher error for trial %d", number, exc_info=True)
             return None, e
 
-    def _before_ask(self) -> None:
-        """Where stale trials of dead workers get failed (and retried) before asking (sweeps over machines)."""
+    def _record(self, trial: optuna.Trial, outcome: Outcome, run_dir: str | None) -> None:
+        """Tell Optuna the outcome, retrying while the database is away; if it cannot be written, stop beating
+        for the trial (so a live worker fails and re-runs it) and stop this worker with the reason."""
+        try:
+            stored = self._db(lambda: record(self.study, trial, outcome, run_dir), f"recording trial {trial.number}")
+        except SweepError as e:
+            self.heartbeat.remove(trial)
+            with self._lock:
+                self._in_flight.pop(trial.number, None)
+            result = f"{outcome.state.name} {outcome.values or ''}".strip()
+            raise SweepError(
+                f"Trial {trial.number}'s result ({result}, run folder {run_dir}) could not be written: {e} "
+                f"It stays RUNNING until its heartbeat is older than grace_period={self.heartbeat.grace_period} s; "
+                "then a live worker (or the next run of this command) fails it and runs its parameters again."
+            ) from None
+        self.heartbeat.remove(trial)
+        if stored != outcome.state:
+            log.warning(
+                "trial %d was failed by another worker while its job ran (its heartbeat did not reach the database "
+                "for grace_period=%s s), so its result %s %s is not in the study; its parameters run again as a "
+                "retry. Run folder: %s",
+                trial.number,
+                self.heartbeat.grace_period,
+                outcome.state.name,
+                outcome.values if outcome.values is not None else outcome.reason,
+                run_dir,
+            )
 
-    @contextlib.contextmanager
-    def _keep_alive(self, trial: optuna.Trial) -> Iterator[None]:
-        """Where a heartbeat for the running trial goes (sweeps over several machines)."""
-        yield
+    def _db(self, action: Callable[[], T], what: str) -> T:
+        """A database call retried with backoff while the connection is lost; then one clear error."""
+        try:
+            return with_retries(action, what, timeout_s=self.reconnect_timeout)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            raise SweepError(
+                f"The study's database {self.storage_name} did not answer for reconnect_timeout="
+                f"{self.reconnect_timeout:g} s while {what}: {first_line(e)}."
+            ) from None
+
+    def _before_ask(self) -> None:
+        """Fail the trials of dead workers (their retries are queued as WAITING and asked first)."""
+        self._db(self.heartbeat.fail_stale, "failing stale trials")
+
+    def _wait_for_others(self, idle_since: float) -> bool:
+        """With the budget spent, whether to wait for other workers' running trials: one whose worker died is
+        failed after grace_period and queued again, and must find a live worker. Trials still beating after
+        that have live workers of their own, so the wait ends after grace_period plus two heartbeats."""
+        if self.stop_reason is not None or not self.heartbeat.enabled:
+            return False
+        running = self._db(
+            lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "counting running trials"
+        )
+        with self._lock:
+            others = sorted(t.number for t in running if t.number not in self._in_flight)
+        if not others:
+            return False
+        assert self.heartbeat.interval is not None
+        limit = self.heartbeat.grace_period + 2 * self.heartbeat.interval
+        if time.monotonic() - idle_since > limit:
+            log.info("Leaving trials %s to their workers: they are alive (their heartbeats go on)", others)
+            return False
+        if not self._waiting_logged:
+            self._waiting_logged = True
+            log.info(
+                "Budget taken; waiting up to %d s for trials %s of other workers: one whose worker died is failed "
+                "after grace_period=%d s and run again here",
+                limit,
+                others,
+                self.heartbeat.grace_period,
+            )
+        return True
 
     def _after(self, number: int, outcome: Outcome) -> None:
         self.finished[outcome.state.name] += 1
@@ -144,20 +268,24 @@ class TrialLoop:
                 )
                 log.error("Stopping the sweep: %s (last: %s).", self.stop_reason, outcome.reason)
             return
-        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in self.study.get_trials(deepcopy=False))
+        trials = self._db(lambda: self.study.get_trials(deepcopy=False), "counting the study's trials")
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         progress = f"[{done}/{self.budget.n_trials}]"
         if outcome.state == TrialState.PRUNED:
             log.info("%s trial %d PRUNED", progress, number)
             return
         shown = outcome.values[0] if outcome.values and len(outcome.values) == 1 else outcome.values
         best = ""
-        if len(self.study.directions) == 1:
-            best_trial = self.study.best_trial
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if len(self.study.directions) == 1 and complete:
+            pick = min if self.study.direction == optuna.study.StudyDirection.MINIMIZE else max
+            best_trial = pick(complete, key=lambda t: t.value)
             best = f" (best {best_trial.value:.6g}, trial {best_trial.number})"
         log.info("%s trial %d COMPLETE: %s%s", progress, number, shown, best)
 
     def _close(self, trial: optuna.Trial, reason: str) -> None:
         """Fail a trial this process will not finish, so it does not hold a place in the budget."""
+        self.heartbeat.remove(trial)
         try:
             trial.set_user_attr("fail_reason", reason)
             tell(self.study, trial, TrialState.FAIL)

@@ -36,12 +36,15 @@ def describe_error(error: BaseException) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
-def judge(ret: JobReturn | None, launch_error: BaseException | None, n_objectives: int) -> Outcome:
-    """The trial's outcome from the launcher's JobReturn (or the error the launcher itself raised)."""
+def judge(
+    ret: JobReturn | None, launch_error: BaseException | None, n_objectives: int, note: str | None = None
+) -> Outcome:
+    """The trial's outcome from the launcher's JobReturn (or the error the launcher itself raised, with `note`
+    saying what the sweeper learnt about it)."""
     if launch_error is not None:
         # no traceback: it would show the launcher's internals, not the job's
         reason = f"the launcher failed before the job returned: {describe_error(launch_error)}"
-        return Outcome(TrialState.FAIL, reason=reason)
+        return Outcome(TrialState.FAIL, reason=f"{reason} ({note})" if note else reason)
     if ret is None or ret.status == JobStatus.UNKNOWN:
         return Outcome(TrialState.FAIL, reason="the launcher returned no result for this job")
     if ret.status == JobStatus.FAILED:
@@ -79,13 +82,22 @@ def tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: li
             raise
 
 
-def record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, run_dir: str | None) -> None:
-    """Write the outcome: `fail_reason` and `run_dir` user attributes, then the state."""
-    if outcome.reason is not None:
-        trial.set_user_attr("fail_reason", outcome.reason)
-    if run_dir is not None and "run_dir" not in study._storage.get_trial_user_attrs(trial._trial_id):
-        trial.set_user_attr("run_dir", run_dir)
-    tell(study, trial, outcome.state, outcome.values)
+def record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, run_dir: str | None) -> TrialState:
+    """Write the outcome: `fail_reason` and `run_dir` user attributes, then the state; return the state stored.
+
+    Writing again after a lost connection is safe: a state already written is kept. The stored state differs
+    from the outcome only when another worker failed the trial meanwhile (its heartbeat lapsed).
+    """
+    storage = study._storage
+    try:
+        if outcome.reason is not None:
+            trial.set_user_attr("fail_reason", outcome.reason)
+        if run_dir is not None and "run_dir" not in storage.get_trial_user_attrs(trial._trial_id):
+            trial.set_user_attr("run_dir", run_dir)
+        tell(study, trial, outcome.state, outcome.values)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # finished elsewhere: the state below says how
+    return storage.get_trial(trial._trial_id).state
 
 
 def log_failure(number: int, outcome: Outcome) -> None:

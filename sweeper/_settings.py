@@ -11,10 +11,12 @@ from hydra.errors import CompactHydraException
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sweeper._config import PRUNERS, SAMPLERS
+from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
 from sweeper._storage import STORAGE_SCHEMES, mask_url, url_scheme
 
 DIRECTIONS = ("minimize", "maximize")
+# several workers: heartbeats, stale trials, reconnection (keys hydra-optuna-sweeper does not have)
+LIVENESS_KEYS = ("heartbeat_interval", "grace_period", "max_retry", "reconnect_timeout")
 KEYS = (
     "sampler",
     "pruner",
@@ -28,6 +30,7 @@ KEYS = (
     "params",
     "search_space",
     "custom_search_space",
+    *LIVENESS_KEYS,
 )
 
 
@@ -48,10 +51,21 @@ class Settings:
     max_failure_rate: float
     params: dict[str, Any]
     custom_search_space: str | None
+    heartbeat_interval: int | None
+    grace_period: int | None
+    max_retry: int | None
+    reconnect_timeout: float
 
     @property
     def multi_objective(self) -> bool:
         return len(self.directions) > 1
+
+    @property
+    def grace_s(self) -> int | None:
+        """The grace period in effect: Optuna's default is twice the heartbeat interval."""
+        if self.heartbeat_interval is None:
+            return None
+        return self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
 
 
 def _plain(value: Any) -> Any:
@@ -70,6 +84,9 @@ def build_settings(**raw: Any) -> Settings:
     if unknown:
         raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}.")
     cfg = {key: _plain(raw.get(key)) for key in KEYS}
+    for key in LIVENESS_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
+        if key not in raw:
+            cfg[key] = getattr(LorasweepSweeperConf, key)
 
     direction = cfg["direction"]
     directions = [direction] if isinstance(direction, str) else direction
@@ -125,6 +142,8 @@ def build_settings(**raw: Any) -> Settings:
             f"but got custom_search_space={custom!r}."
         )
 
+    _check_liveness(cfg)
+
     for group in ("sampler", "pruner"):
         node = cfg[group]
         if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
@@ -145,7 +164,38 @@ def build_settings(**raw: Any) -> Settings:
         max_failure_rate=float(rate),
         params={str(k): v for k, v in params.items()},
         custom_search_space=custom,
+        heartbeat_interval=cfg["heartbeat_interval"],
+        grace_period=cfg["grace_period"],
+        max_retry=cfg["max_retry"],
+        reconnect_timeout=float(cfg["reconnect_timeout"]),
     )
+
+
+def _check_liveness(cfg: dict[str, Any]) -> None:
+    """Heartbeats, stale trials and reconnection: whole seconds as Optuna's RDBStorage takes them."""
+    for key in ("heartbeat_interval", "grace_period"):
+        value = cfg[key]
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ValueError(f"`{key}` must be null or a positive integer (seconds), but got {key}={value!r}.")
+    interval, grace = cfg["heartbeat_interval"], cfg["grace_period"]
+    if grace is not None and interval is None:
+        raise ValueError(
+            "`grace_period` needs heartbeats (set heartbeat_interval, or grace_period=null), "
+            f"but got grace_period={grace} and heartbeat_interval=null."
+        )
+    if grace is not None and grace <= interval:
+        raise ValueError(
+            "`grace_period` must be longer than `heartbeat_interval` (a live trial beats once per interval), "
+            f"but got grace_period={grace} and heartbeat_interval={interval}."
+        )
+    retry = cfg["max_retry"]
+    if retry is not None and (not _is_int(retry) or retry < 0):
+        raise ValueError(f"`max_retry` must be null (no limit) or a non-negative integer, but got max_retry={retry!r}.")
+    timeout = cfg["reconnect_timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (0 <= timeout < math.inf):
+        raise ValueError(
+            f"`reconnect_timeout` must be a non-negative number of seconds, but got reconnect_timeout={timeout!r}."
+        )
 
 
 def config_class(group: str, target: str, base: type) -> type:

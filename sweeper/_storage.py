@@ -1,16 +1,20 @@
 """Where the study lives: storage URLs, opening them, and creating or loading the study safely.
 
-One place for everything that talks to the database before trials run, so that retries around schema creation
-and writes (and heartbeats, for several machines) wrap these functions instead of the sweep loop.
+One place for what talks to the database before trials run (schema creation, the study) and for the retries that
+the sweep loop, the heartbeats and the jobs wrap around their writes when the connection is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +26,10 @@ log = logging.getLogger(__name__)
 JOURNAL_PREFIX = "journal:///"
 STORAGE_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql", "journal"})
 T = TypeVar("T")
+DEFAULT_RECONNECT_TIMEOUT_S = 120.0
+SCHEMA_LOCK_KEY = 0x6C6F7261  # "lora": any constant shared by every worker
+# refused for good (wrong password, database or role): trying again would only delay the error
+PERMANENT = ("authentication failed", "does not exist", "no pg_hba.conf entry", "Access denied", "Unknown database")
 
 
 def url_scheme(url: str) -> str:
@@ -57,29 +65,97 @@ def absolute_url(url: str | None, base_dir: str | os.PathLike[str]) -> str | Non
     return prefix + str(Path(base_dir, path).resolve())
 
 
-def with_retries(action: Callable[[], T], what: str, attempts: int = 5, first_wait_s: float = 0.2) -> T:
-    """Run a storage action again after transient database errors (locked SQLite, tables being created).
+def is_transient(error: BaseException) -> bool:
+    """A lost, refused or locked connection (server restarting, network gone, SQLite busy): worth trying again.
 
-    Several sweep processes started together on an empty database race to create Optuna's tables; the losers
-    get an OperationalError or IntegrityError and succeed on the next try.
+    Optuna wraps SQLAlchemy's errors in StorageInternalError, so the whole chain of causes is looked at.
     """
-    from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, PendingRollbackError
 
-    for attempt in range(1, attempts + 1):
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if any(marker in str(e) for e in chain for marker in PERMANENT):
+        return False
+    for e in chain:
+        # PendingRollbackError: a session whose connection died mid-transaction, usable again once rolled back
+        if isinstance(e, (OperationalError, InterfaceError, PendingRollbackError)):
+            return True
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+    return False
+
+
+def is_creation_race(error: BaseException) -> bool:
+    """Transient, or another process creating the same tables or study at the same moment."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    chain = [error, error.__cause__]  # Optuna's StorageInternalError carries SQLAlchemy's error as its cause
+    racing = (isinstance(e, ProgrammingError) and "already exists" in str(e) for e in chain)
+    return is_transient(error) or any(isinstance(e, IntegrityError) for e in chain) or any(racing)
+
+
+def with_retries(
+    action: Callable[[], T],
+    what: str,
+    *,
+    timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
+    first_wait_s: float = 0.2,
+    max_wait_s: float = 5.0,
+    retry_on: Callable[[BaseException], bool] = is_transient,
+) -> T:
+    """Run a storage action, trying again with exponential backoff while `retry_on(error)` holds, for up to
+    `timeout_s` seconds; then the last error is raised.
+
+    A database restart or a network blip must not cost a trial's result, and several sweep processes started
+    together on an empty database race to create Optuna's tables (the losers succeed on the next try).
+    """
+    deadline = time.monotonic() + timeout_s
+    for attempt in itertools.count(1):
         try:
-            return action()
-        except (OperationalError, IntegrityError, StorageInternalError) as e:
-            if attempt == attempts:
+            result = action()
+        except Exception as e:
+            left = deadline - time.monotonic()
+            if not retry_on(e) or left <= 0:
                 raise
-            wait = first_wait_s * 2 ** (attempt - 1) * (1 + random.random())
-            log.debug("%s failed (%s); retrying in %.1f s", what, type(e).__name__, wait)
-            time.sleep(wait)
+            wait = min(max_wait_s, first_wait_s * 2 ** (attempt - 1)) * (1 + 0.5 * random.random())
+            level = logging.WARNING if attempt == 1 and is_transient(e) else logging.DEBUG
+            log.log(level, "%s failed (%s); trying again for up to %.0f s", what, first_line(e), left)
+            time.sleep(min(wait, left))
+            continue
+        if attempt > 1 and log.isEnabledFor(logging.INFO):
+            log.info("%s succeeded after %d tries", what, attempt)
+        return result
     raise AssertionError("unreachable")
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage:
-    """Optuna storage for a URL: RDB (SQLite, PostgreSQL, MySQL), journal file, or in memory (None)."""
+def first_line(error: BaseException) -> str:
+    """`Type: first line of the database's message`, short enough for a log line or an error."""
+    text = str(getattr(error, "orig", None) or error.__cause__ or error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    """Storage-side heartbeat settings (RDB storages only): see `sweeper._heartbeat`."""
+
+    interval: int
+    grace_period: int
+    stale_trial_callback: Callable[..., None] | None
+
+
+def open_storage(
+    url: str | None,
+    *,
+    heartbeat: HeartbeatSettings | None = None,
+    timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
+) -> optuna.storages.BaseStorage:
+    """Optuna storage for a URL: RDB (SQLite, PostgreSQL, MySQL), journal file, or in memory (None).
+
+    `heartbeat` only applies to RDB storages (Optuna's journal and in-memory storages have none).
+    """
     import optuna
 
     if url is None:
@@ -97,9 +173,48 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # several processes write to one file: wait for the lock instead of failing after pysqlite's 5 s
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    return with_retries(
-        lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs), f"opening {mask_url(url)}"
-    )
+    else:
+        # a pooled connection may be dead after a server restart: test it at checkout and reconnect
+        engine_kwargs = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs}
+    if heartbeat is not None:
+        kwargs.update(
+            heartbeat_interval=heartbeat.interval,
+            grace_period=heartbeat.grace_period,
+            heartbeat_stale_trial_callback=heartbeat.stale_trial_callback,
+        )
+
+    def create() -> optuna.storages.RDBStorage:
+        with _schema_lock(url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(url, **kwargs)
+
+    return with_retries(create, f"opening {mask_url(url)}", timeout_s=timeout_s, retry_on=is_creation_race)
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, one process at a time creates (or checks) Optuna's tables: a session-level advisory lock.
+
+    Without it, workers started together on an empty database fail with duplicate-type or duplicate-table errors
+    from concurrent CREATE TABLE statements. Other databases rely on `with_retries`.
+    """
+    if url_scheme(url) != "postgresql":
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def open_study(
@@ -123,6 +238,7 @@ def open_study(
             load_if_exists=True,
         ),
         f"creating study {study_name!r}",
+        retry_on=is_creation_race,
     )
     stored = [d.name.lower() for d in study.directions]
     if stored != directions:

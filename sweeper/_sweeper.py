@@ -13,15 +13,26 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from sweeper._budget import Budget
 from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
+from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
 from sweeper._pruners import build_pruner
 from sweeper._results import report, summarize, write_results
 from sweeper._samplers import build_sampler, sampler_name
 from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
-from sweeper._storage import absolute_url, mask_url, open_storage, open_study
+from sweeper._storage import (
+    HeartbeatSettings,
+    absolute_url,
+    first_line,
+    mask_url,
+    open_storage,
+    open_study,
+    url_scheme,
+)
 from sweeper._trial import ENV_STUDY, ENV_TRIAL, register_local_study
 
 log = logging.getLogger(__name__)
@@ -69,6 +80,9 @@ class OptunaSweeper:
             launch=self._launch,
             n_workers=n_workers,
             failures_allowed=failures_allowed(s),
+            heartbeat=Heartbeat(study, s.grace_s or 0),
+            reconnect_timeout=s.reconnect_timeout,
+            storage_name=mask_url(storage_url),
         )
         loop.run()
 
@@ -98,7 +112,14 @@ class OptunaSweeper:
         self._check_composes(space, study_name)
         storage_url = absolute_url(s.storage, str(self.config.hydra.runtime.cwd))
         pruner = build_pruner(s.pruner, s.multi_objective)
-        study = open_study(open_storage(storage_url), study_name, s.directions, sampler, pruner, s.metric_names)
+        try:
+            storage = open_storage(storage_url, heartbeat=heartbeat_settings(s), timeout_s=s.reconnect_timeout)
+            study = open_study(storage, study_name, s.directions, sampler, pruner, s.metric_names)
+        except (SQLAlchemyError, StorageInternalError) as e:
+            raise ValueError(
+                f"The study's storage must be a database this worker can open, but got storage={mask_url(storage_url)} "
+                f"({first_line(e)})."
+            ) from None
         if storage_url is None:
             register_local_study(study)
         budget = Budget(s.n_trials, space.grid() if n_grid is not None else None)
@@ -189,8 +210,32 @@ class OptunaSweeper:
             max(budget.left(study), 0),
             n_workers,
         )
+        if s.heartbeat_interval is None:
+            log.info("Heartbeats off (heartbeat_interval=null): a killed worker's trial stays RUNNING")
+        elif storage_url is None or url_scheme(storage_url) == "journal":
+            log.info(
+                "Heartbeats need a database storage (sqlite, postgresql, mysql): a killed worker's trial stays "
+                "RUNNING in %s",
+                "memory" if storage_url is None else "a journal file",
+            )
+        else:
+            log.info(
+                "Heartbeat every %d s; a trial silent for %d s is failed and run again (max_retry=%s)",
+                s.heartbeat_interval,
+                s.grace_s,
+                s.max_retry,
+            )
         if n_workers < s.n_jobs:
             log.info("n_jobs=%d needs a launcher that runs jobs apart (hydra/launcher=joblib)", s.n_jobs)
+
+
+def heartbeat_settings(settings: Settings) -> HeartbeatSettings | None:
+    """The storage's heartbeat settings, with the retry of stale trials; None when heartbeats are off."""
+    if settings.heartbeat_interval is None or settings.grace_s is None:
+        return None
+    quiet_heartbeat_warnings()
+    retry = RetryStaleTrial(settings.max_retry, settings.grace_s, settings.reconnect_timeout)
+    return HeartbeatSettings(settings.heartbeat_interval, settings.grace_s, retry)
 
 
 def _trial_identity(study_name: str, number: int) -> list[str]:

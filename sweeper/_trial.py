@@ -3,6 +3,8 @@
 The sweeper passes the study name and trial number through `hydra.job.env_set` (so `override_dirname` and the
 user's config stay clean); the storage and the pruner come from the job's own `hydra.sweeper` config, which is
 composed exactly as the sweeper's, so the pruner is rebuilt identically and no URL (or password) is copied around.
+Each write is retried while the database connection is lost (for `hydra.sweeper.reconnect_timeout` seconds), so
+a database restart does not fail a trial that is training.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import optuna
 
 from sweeper._pruners import build_pruner
-from sweeper._storage import absolute_url, open_storage
+from sweeper._storage import DEFAULT_RECONNECT_TIMEOUT_S, absolute_url, open_storage, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ ENV_STUDY = "LORASWEEP_STUDY_NAME"
 ENV_TRIAL = "LORASWEEP_TRIAL_NUMBER"
 ENV_STORAGE = "LORASWEEP_STORAGE"  # only for jobs run outside Hydra; a Hydra job reads hydra.sweeper.storage
 
+T = TypeVar("T")
 _SCALARS = (bool, int, float, str, type(None))
 _lock = threading.Lock()
 _storages: dict[str, optuna.storages.BaseStorage] = {}
@@ -39,9 +42,13 @@ class TrialHandle:
     Optuna, so there `report` is ignored and `should_prune` is always False.
     """
 
-    def __init__(self, trial: optuna.Trial) -> None:
+    def __init__(self, trial: optuna.Trial, reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S) -> None:
         self._trial = trial
         self.multi_objective = len(trial.study.directions) > 1
+        self._timeout_s = reconnect_timeout
+
+    def _retried(self, action: Callable[[], T], what: str) -> T:
+        return with_retries(action, f"trial {self.number}: {what}", timeout_s=self._timeout_s)
 
     @property
     def number(self) -> int:
@@ -54,14 +61,14 @@ class TrialHandle:
     def report(self, value: float, step: int) -> None:
         """Record the objective at a training step (an intermediate value, shown as a curve in the dashboard)."""
         if not self.multi_objective:
-            self._trial.report(float(value), int(step))
+            self._retried(lambda: self._trial.report(float(value), int(step)), f"reporting step {step}")
 
     def should_prune(self) -> bool:
         """Ask the study's pruner whether this trial should stop (then raise optuna.TrialPruned)."""
-        return False if self.multi_objective else self._trial.should_prune()
+        return False if self.multi_objective else self._retried(self._trial.should_prune, "asking the pruner")
 
     def set_user_attr(self, key: str, value: Any) -> None:
-        self._trial.set_user_attr(key, value)
+        self._retried(lambda: self._trial.set_user_attr(key, value), f"setting {key}")
 
     def find_complete(self, attr: str, value: Any) -> optuna.trial.FrozenTrial | None:
         """The first COMPLETE trial of this study whose user attribute `attr` equals `value`, or None.
@@ -79,12 +86,12 @@ class TrialHandle:
         """
         attrs = user_attrs_from_metrics(metrics)
         for key, value in attrs.items():
-            self._trial.set_user_attr(key, value)
+            self.set_user_attr(key, value)
         if not self.multi_objective:
-            reported = self._trial.storage.get_trial(self._trial._trial_id).intermediate_values
+            stored = self._retried(lambda: self._trial.storage.get_trial(self._trial._trial_id), "reading the trial")
             for step, value in curve_values(metrics).items():
-                if step not in reported:
-                    self._trial.report(value, step)
+                if step not in stored.intermediate_values:
+                    self.report(value, step)
         return attrs
 
     def __repr__(self) -> str:
@@ -169,19 +176,29 @@ def _load_study(study_name: str) -> tuple[optuna.Study, Any] | None:
                 study_name,
             )
         return (study, sweeper_cfg) if study else None
+    timeout_s = _reconnect_timeout(sweeper_cfg)
     with _lock:
         if url not in _storages:
-            _storages[url] = open_storage(url)
+            _storages[url] = open_storage(url, timeout_s=timeout_s)
         storage = _storages[url]
     # a RandomSampler: building a Trial calls the sampler, and the job must not touch the study's sampler state;
     # no pruning unless the job's hydra.sweeper.pruner says so (Optuna's default would be MedianPruner)
-    study = optuna.load_study(
-        study_name=study_name,
-        storage=storage,
-        sampler=optuna.samplers.RandomSampler(),
-        pruner=optuna.pruners.NopPruner(),
+    study = with_retries(
+        lambda: optuna.load_study(
+            study_name=study_name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=optuna.pruners.NopPruner(),
+        ),
+        f"loading study {study_name!r}",
+        timeout_s=timeout_s,
     )
     return study, sweeper_cfg
+
+
+def _reconnect_timeout(sweeper_cfg: Any) -> float:
+    value = sweeper_cfg.get("reconnect_timeout") if sweeper_cfg is not None else None
+    return float(value) if value is not None else DEFAULT_RECONNECT_TIMEOUT_S
 
 
 def current_trial() -> TrialHandle | None:
@@ -209,5 +226,10 @@ def _open_handle(study_name: str, number: int) -> TrialHandle | None:
 
         spec = OmegaConf.to_container(sweeper_cfg.pruner, resolve=True)
         study.pruner = build_pruner(spec, len(study.directions) > 1, quiet=True)
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    return TrialHandle(optuna.Trial(study, trial_id))
+    timeout_s = _reconnect_timeout(sweeper_cfg)
+    trial_id = with_retries(
+        lambda: study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number),
+        f"finding trial {number}",
+        timeout_s=timeout_s,
+    )
+    return TrialHandle(optuna.Trial(study, trial_id), reconnect_timeout=timeout_s)

@@ -48,6 +48,12 @@ def settings(**overrides):
         ("custom_search_space", "nodots", "`custom_search_space` must be the dotted path of a function"),
         ("sampler", {"seed": 1}, "`sampler` must be a config with a `_target_`"),
         ("n_trails", 5, "hydra.sweeper keys must be in"),
+        ("heartbeat_interval", 0, "`heartbeat_interval` must be null or a positive integer (seconds), but got"),
+        ("heartbeat_interval", 1.5, "but got heartbeat_interval=1.5"),
+        ("grace_period", 60, "`grace_period` must be longer than `heartbeat_interval`"),
+        ("grace_period", -1, "`grace_period` must be null or a positive integer (seconds), but got grace_period=-1"),
+        ("max_retry", -1, "`max_retry` must be null (no limit) or a non-negative integer, but got max_retry=-1"),
+        ("reconnect_timeout", "1m", "`reconnect_timeout` must be a non-negative number of seconds, but got"),
     ],
 )
 def test_each_key_is_checked_with_one_error_in_optunas_form(key, value, message):
@@ -55,6 +61,16 @@ def test_each_key_is_checked_with_one_error_in_optunas_form(key, value, message)
         settings(**{key: value})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_heartbeat_settings_default_to_optunas_grace_period_and_can_be_turned_off():
+    s = settings()
+    assert (s.heartbeat_interval, s.grace_period, s.grace_s, s.max_retry) == (60, None, 120, 3)
+    assert settings(heartbeat_interval=2, grace_period=5).grace_s == 5
+    off = settings(heartbeat_interval=None)
+    assert off.grace_s is None
+    with pytest.raises(ValueError, match=r"`grace_period` needs heartbeats .* but got grace_period=5"):
+        settings(heartbeat_interval=None, grace_period=5)
 
 
 def test_a_password_in_a_bad_storage_url_is_not_echoed():
@@ -186,3 +202,24 @@ def test_the_lora_vs_full_search_space_composes_and_builds(compose_cfg):
     assert space.distributions["optim.lr"].log
     first_lines = (ROOT / "conf" / "hparams_search" / "lora_vs_full.yaml").read_text().splitlines()[:6]
     assert any("python sweep.py hparams_search=lora_vs_full" in line for line in first_lines)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target", "keys"),
+    [
+        ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 3}),
+        (
+            "slurm",
+            "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+            {"array_parallelism": 3, "timeout_min": 120, "gpus_per_node": 1, "cpus_per_task": 8},
+        ),
+    ],
+)
+def test_the_launcher_examples_compose_and_follow_the_sweepers_n_jobs(compose_cfg, launcher, target, keys):
+    """No SLURM here: composing the config is as far as the submitit example can be checked."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=3")
+    node = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert node["_target_"] == target
+    assert keys.items() <= node.items()

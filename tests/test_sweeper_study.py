@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import optuna
 import pytest
@@ -13,8 +14,9 @@ from optuna.trial import TrialState
 
 from sweeper import ENV_STUDY, ENV_TRIAL, current_trial, user_attrs_from_metrics
 from sweeper._budget import NOT_RUN, Budget, is_not_run
-from sweeper._outcome import judge, record
-from sweeper._storage import open_storage, open_study, with_retries
+from sweeper._heartbeat import RETRY_OF, Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
+from sweeper._outcome import judge, record, tell
+from sweeper._storage import HeartbeatSettings, is_creation_race, is_transient, open_storage, open_study, with_retries
 from sweeper._trial import ENV_STORAGE
 
 X = {"x": FloatDistribution(0.0, 1.0)}
@@ -180,19 +182,80 @@ def test_the_job_side_handle_reports_prunes_and_attaches_metrics(storage_url, mo
     assert stored.user_attrs == user_attrs_from_metrics(METRICS)
 
 
-def test_transient_database_errors_are_retried_and_the_last_one_is_raised():
-    from sqlalchemy.exc import OperationalError
+def test_transient_database_errors_are_retried_until_the_timeout_and_others_are_raised_at_once():
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     calls = []
 
-    def flaky(fail_times: int) -> str:
+    def flaky(fail_times: int, error: Exception) -> str:
         calls.append(1)
         if len(calls) <= fail_times:
-            raise OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+            raise error
         return "opened"
 
-    assert with_retries(lambda: flaky(2), "opening", first_wait_s=0.001) == "opened" and len(calls) == 3
+    lost = OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    assert with_retries(lambda: flaky(2, lost), "reading", first_wait_s=0.001) == "opened" and len(calls) == 3
+    calls.clear()
+    wrapped = StorageInternalError("An exception is raised during the commit.")
+    wrapped.__cause__ = lost  # how Optuna's RDB storage passes a lost connection on
+    assert is_transient(wrapped)
+    assert with_retries(lambda: flaky(1, wrapped), "telling", first_wait_s=0.001) == "opened"
     calls.clear()
     with pytest.raises(OperationalError):
-        with_retries(lambda: flaky(5), "opening", attempts=2, first_wait_s=0.001)
-    assert len(calls) == 2
+        with_retries(lambda: flaky(100, lost), "reading", timeout_s=0.05, first_wait_s=0.001)
+    assert 2 <= len(calls) < 100
+    calls.clear()
+    race = IntegrityError("INSERT INTO alembic_version", {}, Exception("duplicate key"))
+    with pytest.raises(IntegrityError):
+        with_retries(lambda: flaky(1, race), "writing", first_wait_s=0.001)
+    assert len(calls) == 1, "a constraint error is not a lost connection"
+    assert with_retries(lambda: flaky(2, race), "creating tables", first_wait_s=0.001, retry_on=is_creation_race)
+
+
+def test_a_dead_workers_trial_is_failed_retried_with_its_grid_point_and_counted_once(tmp_path):
+    """Heartbeats on a real SQLite storage: the stale trial frees its place, its WAITING retry takes it."""
+    grid = {"r": [4, 8, 16]}
+    dist = {"r": CategoricalDistribution([4, 8, 16])}
+    retry = RetryStaleTrial(max_retry=1, grace_period=1, timeout_s=5)
+    storage = open_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat=HeartbeatSettings(1, 1, retry))
+    sampler, pruner = optuna.samplers.GridSampler(grid, seed=0), optuna.pruners.NopPruner()
+    study = open_study(storage, "hb", ["minimize"], sampler, pruner, None)
+    heartbeat, budget = Heartbeat(study, grace_period=1), Budget(n_trials=3, grid=grid)
+    quiet_heartbeat_warnings()
+    dead = study.ask(dist)
+    heartbeat.add(dead)  # one beat, then its worker "dies": nothing beats again
+    done = study.ask(dist)
+    tell(study, done, TrialState.COMPLETE, [1.0])  # tolerates GridSampler's study.stop()
+    time.sleep(2.5)
+    assert budget.left(study) == 1, "the dead trial still holds its place"
+    heartbeat.fail_stale()
+    heartbeat.fail_stale()  # a second worker checking at the same time queues nothing more
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.WAITING]
+    queued = trials[2]
+    assert queued.params == dead.params and queued.user_attrs == {RETRY_OF: dead.number}
+    assert RetryStaleTrial.retried_trial_number(queued) == dead.number
+    assert budget.left(study) == 1 and budget.runnable(study)
+    again = study.ask(dist)  # any worker's next ask runs the queued retry first
+    assert again.number == queued.number and again.params == dead.params
+    assert budget.admits(study, again), "a retry may take the grid point of the trial it replaces"
+    tell(study, again, TrialState.COMPLETE, [2.0])
+    last = study.ask(dist)
+    assert budget.admits(study, last) and last.params["r"] not in {dead.params["r"], done.params["r"]}
+    tell(study, last, TrialState.COMPLETE, [3.0])
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
+    assert budget.left(study) == 0 and not budget.runnable(study)
+
+
+def test_a_trial_retried_max_retry_times_is_not_queued_again(tmp_path):
+    retry = RetryStaleTrial(max_retry=0, grace_period=1, timeout_s=5)
+    storage = open_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat=HeartbeatSettings(1, 1, retry))
+    study = open_study(storage, "hb", ["minimize"], optuna.samplers.RandomSampler(), optuna.pruners.NopPruner(), None)
+    heartbeat = Heartbeat(study, grace_period=1)
+    quiet_heartbeat_warnings()
+    heartbeat.add(study.ask(X))
+    time.sleep(2.5)
+    heartbeat.fail_stale()
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]

@@ -35,7 +35,7 @@ def suggest_y(cfg: DictConfig, trial: optuna.Trial) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="quadratic")
 def main(cfg: DictConfig) -> float | tuple[float, float]:
-    trial = current_trial()
+    trial = current_trial() if cfg.report else None
     if cfg.kill_above is not None and cfg.x > cfg.kill_above:
         os.kill(os.getpid(), signal.SIGKILL)  # a worker killed mid-trial (only under a process launcher)
     curve = []

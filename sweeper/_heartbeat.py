@@ -1,0 +1,143 @@
+"""Heartbeats for the trials a sweep process runs, and failing (then re-running) the trials of dead workers.
+
+Optuna sends heartbeats only inside `study.optimize`, which a Hydra sweeper does not use. So each sweep process
+keeps one thread that records a heartbeat for every trial it has in flight, every `heartbeat_interval` seconds,
+and fails the trials of other workers that have been silent for `grace_period` seconds
+(`optuna.storages.fail_stale_trials`, also called before each ask). `RetryStaleTrial` then queues the lost
+trial's parameters as a WAITING trial, which the next `study.ask` of any live worker runs.
+
+Only RDB storages (SQLite, PostgreSQL, MySQL) have heartbeats in Optuna; with a journal file or in memory a
+killed worker's trial stays RUNNING.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+import threading
+import warnings
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import FrozenTrial
+
+from sweeper._storage import first_line, is_transient, with_retries
+
+log = logging.getLogger(__name__)
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # user attribute `worker`: who ran a trial
+RETRY_OF = "retry_of"  # user attribute of a re-run: the number of the trial it replaces
+
+
+def quiet_heartbeat_warnings() -> None:
+    """Heartbeats outside `study.optimize` are what this module is for: silence Optuna's warnings about them."""
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    names = "heartbeat_interval|fail_stale_trials|RetryHeartbeatStaleTrialCallback|retry_history"
+    warnings.filterwarnings("ignore", message=f".*({names})", category=ExperimentalWarning)
+
+
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a heartbeat-stale trial, which also logs it, names the trial it replaces (`retry_of`)
+    instead of copying the dead attempt's user attributes (run folder, worker), and survives a lost connection:
+    the stale trial is already FAIL here, so a retry that is not written would be lost for good."""
+
+    def __init__(self, max_retry: int | None, grace_period: int, timeout_s: float) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            super().__init__(max_retry=max_retry)
+        self._grace_period = grace_period
+        self._timeout_s = timeout_s
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        runs = len(trial.system_attrs.get("retry_history", [])) + 1
+        who = trial.user_attrs.get("worker", "a worker")
+        silent = f"trial {trial.number} ({who}) sent no heartbeat for grace_period={self._grace_period} s: FAIL"
+        if self._max_retry is not None and runs > self._max_retry:
+            log.warning("%s, not run again (it ran %d times, max_retry=%d)", silent, runs, self._max_retry)
+            return
+
+        def add() -> None:
+            clean = copy.deepcopy(trial)  # the parent mutates the retry history it is given
+            clean.user_attrs = {RETRY_OF: trial.number}
+            super(RetryStaleTrial, self).__call__(study, clean)
+
+        with_retries(add, f"queueing trial {trial.number} again", timeout_s=self._timeout_s)
+        log.warning("%s; its parameters %s are queued to run again", silent, trial.params)
+
+
+class Heartbeat:
+    """One thread per sweep process: beats for each trial in flight, fails stale trials of dead workers."""
+
+    def __init__(self, study: optuna.Study, grace_period: int) -> None:
+        self.study = study
+        storage = study._storage
+        self.interval: int | None = storage.get_heartbeat_interval() if is_heartbeat_enabled(storage) else None
+        self.grace_period = grace_period
+        self._trial_ids: set[int] = set()
+        self._ids_lock = threading.Lock()
+        self._stale_lock = threading.Lock()  # one stale check at a time in this process (SQLite reads, then writes)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval is not None
+
+    def start(self) -> None:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lorasweep-heartbeat", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def add(self, trial: optuna.Trial) -> None:
+        """Start beating for a trial just asked: the first beat now, so a worker that dies at once is noticed."""
+        if self.enabled:
+            self._beat(trial._trial_id)
+            with self._ids_lock:
+                self._trial_ids.add(trial._trial_id)
+
+    def remove(self, trial: optuna.Trial) -> None:
+        """Stop beating: the trial is finished, or this worker gives it up (then another one fails and re-runs it)."""
+        with self._ids_lock:
+            self._trial_ids.discard(trial._trial_id)
+
+    def fail_stale(self) -> None:
+        """Fail the trials of dead workers (their parameters are queued again by `RetryStaleTrial`)."""
+        if self.enabled:
+            with self._stale_lock:
+                optuna.storages.fail_stale_trials(self.study)
+
+    def _beat(self, trial_id: int) -> None:
+        self.study._storage.record_heartbeat(trial_id)
+
+    def _beat_all(self) -> None:
+        with self._ids_lock:
+            trial_ids = sorted(self._trial_ids)
+        for trial_id in trial_ids:
+            self._beat(trial_id)
+
+    def _run(self) -> None:
+        assert self.interval is not None
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat_all()
+                self.fail_stale()
+            except Exception as e:  # the thread never dies: a lost connection is logged once, the next beat retries
+                if not self._failing:
+                    level = logging.WARNING if is_transient(e) else logging.ERROR
+                    log.log(level, "heartbeat: %s (trying again every %s s)", first_line(e), self.interval)
+                self._failing = True
+                continue
+            if self._failing:
+                log.info("heartbeat: the database answers again")
+            self._failing = False
