@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch>=2.3,<2.15
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_INDEX ?= $(if $(HAS_GPU),,--index-url https://download.pytorch.org/whl/cpu)
-EXTRAS ?= dev,postgres
+EXTRAS ?= dev,postgres,slurm,samplers
 # the offline variant reads the shared samples and GPT-2's tokenizer from here
 SHARED ?= ../shared
 PYTEST_ARGS ?=

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from model.lm_head import TiedGrad, lm_head_nll, tied_embedding
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +104,12 @@ class CausalSelfAttention(nn.Module):
         is_causal: bool,
         kv_cache: torch.Tensor | None = None,
         start: int = 0,
+        fast: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        c_attn, c_proj = (fast["qkv"], fast["attn_proj"]) if fast else (self.c_attn, self.c_proj)
+        q, k, v = c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
@@ -123,7 +127,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=is_causal,
         )
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(c_proj(y))
 
 
 class MLP(nn.Module):
@@ -133,9 +137,12 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, fast: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None
+    ) -> torch.Tensor:
+        c_fc, c_proj = (fast["fc"], fast["mlp_proj"]) if fast else (self.c_fc, self.c_proj)
         # GPT-2's "gelu_new" is the tanh approximation
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(c_proj(F.gelu(c_fc(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -155,9 +162,11 @@ class Block(nn.Module):
         is_causal: bool,
         kv_cache: torch.Tensor | None = None,
         start: int = 0,
+        fast: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache, start)
-        return x + self.mlp(self.ln_2(x))
+        """`fast`: replacements for the four linears by LoRA target name (generate's decode-layout copies)."""
+        x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache, start, fast)
+        return x + self.mlp(self.ln_2(x), fast)
 
 
 def _is_right_padded(attention_mask: torch.Tensor) -> bool:
@@ -271,8 +280,10 @@ class GPT(nn.Module):
                 f"attention_mask.shape={tuple(attention_mask.shape)}, input_ids.shape={tuple(input_ids.shape)}"
             )
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The last block's output (B, T, C), before `ln_f`."""
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, tied: TiedGrad | None = None
+    ) -> torch.Tensor:
+        """The last block's output (B, T, C), before `ln_f`. `tied`: see `model.lm_head.TiedGrad` (lm_loss only)."""
         self._check_inputs(input_ids, attention_mask)
         T = input_ids.shape[1]
         if attention_mask is None or _is_right_padded(attention_mask):
@@ -281,7 +292,9 @@ class GPT(nn.Module):
             positions = torch.arange(T, device=input_ids.device)
         else:
             (mask, positions), is_causal = _padding_mask(attention_mask), False
-        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(positions))
+        wte = self.transformer.wte
+        tokens = wte(input_ids) if tied is None else tied_embedding(input_ids, wte.weight, tied)
+        x = self.transformer.drop(tokens + self.transformer.wpe(positions))
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
             x = checkpoint(block, x, mask, is_causal, use_reentrant=False) if ckpt else block(x, mask, is_causal)
@@ -319,7 +332,16 @@ class GPT(nn.Module):
                 "`labels.shape == input_ids.shape` must hold, but got "
                 f"labels.shape={tuple(labels.shape)}, input_ids.shape={tuple(input_ids.shape)}"
             )
-        x = self.hidden_states(input_ids, attention_mask)
+        weight = self.lm_head.weight
+        # fused head + loss in eager fp32/fp64; under autocast or torch.compile the plain ops (inductor fuses them)
+        fused = (
+            weight.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(weight.device.type)
+            and not torch.compiler.is_compiling()
+        )
+        tie = fused and torch.is_grad_enabled() and weight.requires_grad and weight is self.transformer.wte.weight
+        tied = TiedGrad() if tie else None  # one gradient tensor for the tied matrix, not one per use
+        x = self.hidden_states(input_ids, attention_mask, tied=tied)
         targets = labels[:, 1:]
         keep = targets != -100
         if attention_mask is not None:
@@ -327,7 +349,12 @@ class GPT(nn.Module):
         h = x[:, :-1][keep]  # (N, C)
         if reduction == "mean" and h.shape[0] == 0:
             raise ValueError("`labels` must mark at least one position for the loss (!= -100), but got none")
-        logits = self.lm_head(self.transformer.ln_f(h))  # (N, vocab)
+        h = self.transformer.ln_f(h)
+        if fused:
+            # the head and the loss fused, in chunks: no (N, vocab) log-softmax or gradient tensors
+            nll = lm_head_nll(h, weight, targets[keep].long(), owner=self, tied=tied)
+            return nll / h.shape[0] if reduction == "mean" else nll
+        logits = self.lm_head(h)  # (N, vocab)
         return F.cross_entropy(logits, targets[keep].long(), reduction=reduction)
 
     def generate(

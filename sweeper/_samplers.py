@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 MOTPE = "MOTPESampler"
 TPE = "optuna.samplers.TPESampler"
+# samplers whose Optuna implementation imports an optional package on first use (`pip install lorasweep[samplers]`)
+NEEDS = {"CmaEsSampler": "cmaes", "GPSampler": "scipy", "QMCSampler": "scipy"}
 
 
 def derive_seed(seed: int, trial_number: int) -> int:
@@ -78,6 +81,20 @@ def sampler_class(spec: dict[str, Any]) -> type[BaseSampler]:
     return config_class("sampler", TPE if target.rsplit(".", 1)[-1] == MOTPE else target, BaseSampler)
 
 
+def _check_installed(cls: type[BaseSampler]) -> None:
+    """Fail when the sweep starts, not at the first trial Optuna samples, when the sampler's package is missing."""
+    module = NEEDS.get(cls.__name__)
+    if module is None:
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ValueError(
+            f"{cls.__name__} needs the `{module}` package: `pip install 'lorasweep[samplers]'`, "
+            f"but got no module named {module!r}."
+        ) from None
+
+
 def build_sampler(spec: dict[str, Any], space: SearchSpace | None) -> tuple[BaseSampler, int | None]:
     """The study's sampler and, for the grid sampler, the number of grid points (None otherwise).
 
@@ -93,6 +110,7 @@ def build_sampler(spec: dict[str, Any], space: SearchSpace | None) -> tuple[Base
                 ", ".join(f"{k}={v}" for k, v in kwargs.items()),
             )
     cls = sampler_class(spec)
+    _check_installed(cls)
     seed = kwargs.pop("seed", None)
     if cls is GridSampler:
         grid = space.grid() if space is not None else {}

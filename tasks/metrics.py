@@ -60,8 +60,6 @@ def objective_direction(name_or_list: Any) -> str | list[str]:
     return OBJECTIVES[name_or_list][1] if name_or_list in OBJECTIVES else METRIC_DIRECTIONS[key]
 
 
-
-
 def accuracy(preds: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
     """Share of predictions equal to their label."""
     preds, labels = np.asarray(preds), np.asarray(labels)

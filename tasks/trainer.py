@@ -89,7 +89,10 @@ def _better(a: float, b: float | None, direction: str) -> bool:
 def build_model(cfg: DictConfig, num_classes: int | None, runtime: Runtime) -> torch.nn.Module:
     """The model a trial trains: pretrained or random GPT-2, LoRA adapters, frozen blocks, on the device."""
     from model import GPT, GPTConfig, apply_lora, freeze_blocks
+    from model.allocator import maybe_tune_malloc
 
+    if runtime.device.type == "cpu":
+        maybe_tune_malloc()  # opt-in (LORASWEEP_MALLOC=tuned): see model/allocator.py and BENCHMARKS.md
     m = cfg.model
     if m.pretrained:
         if not m.hub_id:
@@ -165,6 +168,12 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+# gradients at least this large are dropped after each step instead of kept zeroed: autograd builds them as fresh
+# tensors every step anyway (GPT-2's tied embedding/head: the embedding's dense backward plus the head's product,
+# 38.6M values), so a kept copy only adds 154 MB to the next forward's peak and one more pass to add into it
+_FRESH_GRAD_NUMEL = 2**24
+
+
 def train_step(
     model: torch.nn.Module,
     task: Any,
@@ -209,8 +218,11 @@ def train_step(
         scaler.update()
     else:
         optimizer.step()
-    # keep the gradient buffers: freeing and refaulting them every step is a first-order cost on CPU
+    # keep the gradient buffers: freeing and refaulting them every step is a first-order cost on CPU (but see above)
     optimizer.zero_grad(set_to_none=False)
+    for p in params:
+        if p.grad is not None and p.numel() >= _FRESH_GRAD_NUMEL:
+            p.grad = None
     return step_loss
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -223,3 +224,25 @@ def test_the_launcher_examples_compose_and_follow_the_sweepers_n_jobs(compose_cf
     node = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert node["_target_"] == target
     assert keys.items() <= node.items()
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "module"),
+    [
+        ("optuna.samplers.CmaEsSampler", {"n_startup_trials": 2}, "cmaes"),
+        ("optuna.samplers.GPSampler", {"n_startup_trials": 2}, "scipy"),
+        ("optuna.samplers.QMCSampler", {}, "scipy"),
+    ],
+)
+def test_samplers_with_optional_packages_sample_and_name_the_package_when_missing(target, extra, module, monkeypatch):
+    spec = {"_target_": target, "seed": 1, **extra}
+    study = optuna.create_study(sampler=build_sampler(spec, None)[0])
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1), "y": optuna.distributions.FloatDistribution(0, 1)}
+    for _ in range(4):  # past the startup trials, so the sampler's own model (and package) draws the last ones
+        trial = study.ask(dist)
+        study.tell(trial, trial.params["x"] + trial.params["y"])
+    assert len({tuple(t.params.values()) for t in study.trials}) == 4
+
+    monkeypatch.setitem(sys.modules, module, None)  # what an environment without the package imports
+    with pytest.raises(ValueError, match=rf"lorasweep\[samplers\].*no module named '{module}'"):
+        build_sampler(spec, None)
