@@ -8,7 +8,11 @@ PIP := $(PY) -m pip
 # torch goes in first: an unpinned torch from PyPI is a multi-GB CUDA build, useless without a GPU
 TORCH_SPEC ?= torch>=2.3,<2.15
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-TORCH_INDEX ?= $(if $(HAS_GPU),,--index-url https://download.pytorch.org/whl/cpu)
+CPU_INDEX := https://download.pytorch.org/whl/cpu
+# without a GPU, torch comes from PyTorch's CPU wheel index; where that index is out of reach (a machine with only a
+# package mirror), pip fails over to its configured wheel folders and mirrors at once instead of retrying
+CPU_INDEX_UP = $(shell python3 -c "import urllib.request as u; u.urlopen('$(CPU_INDEX)/torch/', timeout=5)" >/dev/null 2>&1 && echo 1)
+TORCH_INDEX ?= $(if $(HAS_GPU),,--index-url $(CPU_INDEX)$(if $(CPU_INDEX_UP),, --retries 0))
 EXTRAS ?= dev,postgres,slurm,samplers
 # the offline variant reads the shared samples and GPT-2's tokenizer from here
 SHARED ?= ../shared
