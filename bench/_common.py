@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,25 @@ def worker_spec(argv: Sequence[str]) -> dict | None:
     if len(argv) >= 3 and argv[1] == "--worker":
         return json.loads(Path(argv[2]).read_text())
     return None
+
+
+def main_or_worker(argv: Sequence[str], worker: Callable[[dict], dict], main: Callable[[], None]) -> None:
+    """A bench script's entry point: as a worker (`--worker SPEC_FILE`) print its result as JSON, else run `main`."""
+    spec = worker_spec(argv)
+    if spec is None:
+        main()
+    else:
+        print(json.dumps(worker(spec)))
+
+
+def finish(rows: Sequence[Mapping[str, Any]], records: list[dict], args: Any, method: str) -> None:
+    """Print the table and the load average after the run (with `method`), and append the records to `--json`."""
+    print(table(rows, list(rows[0]) if rows else []))
+    after = machine(args.threads)["load_avg"]
+    print(f"# load average after: {after}; {method}")
+    for r in records:
+        r["load_avg_after"] = after
+    append_json(args.json, records)
 
 
 def median(values: Iterable[float]) -> float:

@@ -22,7 +22,6 @@ Each (side, repetition) runs in a fresh process, alternating; each process times
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -208,17 +207,8 @@ def main() -> None:
                 }
             )
             print(f"  {size} {case}: {speedup:.2f}x", file=sys.stderr, flush=True)
-    print(C.table(rows, list(rows[0])))
-    after = C.machine(args.threads)["load_avg"]
-    print(f"# load average after: {after}; medians of {args.reps} alternating repetitions x {args.inner} calls")
-    for r in records:
-        r["load_avg_after"] = after
-    C.append_json(args.json, records)
+    C.finish(rows, records, args, f"medians of {args.reps} alternating repetitions x {args.inner} calls")
 
 
 if __name__ == "__main__":
-    spec = C.worker_spec(sys.argv)
-    if spec is not None:
-        print(json.dumps(worker(spec)))
-    else:
-        main()
+    C.main_or_worker(sys.argv, worker, main)

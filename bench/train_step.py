@@ -299,20 +299,8 @@ def main() -> None:
                     }
                 )
                 print(f"  {case} {size} {mode}: {speedup:.2f}x", file=sys.stderr, flush=True)
-    columns = list(rows[0]) if rows else []
-    print(C.table(rows, columns))
-    info_after = C.machine(args.threads)["load_avg"]
-    print(f"# load average after: {info_after}; medians of {args.reps} alternating repetitions per side")
-    for r in records:
-        r["load_avg_after"] = info_after
-    C.append_json(args.json, records)
+    C.finish(rows, records, args, f"medians of {args.reps} alternating repetitions per side")
 
 
 if __name__ == "__main__":
-    spec = C.worker_spec(sys.argv)
-    if spec is not None:
-        import json
-
-        print(json.dumps(worker(spec)))
-    else:
-        main()
+    C.main_or_worker(sys.argv, worker, main)
