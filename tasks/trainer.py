@@ -361,10 +361,14 @@ def fit(
                 state.train_tokens += sum(int(b["attention_mask"].sum()) for b in group)
                 state.step += 1
                 state.train_curve.append({"step": state.step, "loss": loss, "lr": lr})
-                bar.update(1)
+                # refresh=False: the bar redraws at most every 0.1 s (tqdm's mininterval), not on every step
                 bar.set_postfix(
-                    loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{state.train_tokens / state.train_time_s:.0f}"
+                    loss=f"{loss:.4f}",
+                    lr=f"{lr:.2e}",
+                    tok_s=f"{state.train_tokens / state.train_time_s:.0f}",
+                    refresh=False,
                 )
+                bar.update(1)
                 if tr.eval_every and state.step % tr.eval_every == 0:
                     last_eval_step = state.step
                     if validate():
