@@ -101,6 +101,8 @@ class MedianPrunerConf:
     n_warmup_steps: int = 0  # steps of each trial before it can be pruned
     interval_steps: int = 1
     n_min_trials: int = 1
+    # compare a trial only with trials that share these parameters, e.g. [model, finetune] (ours, not Optuna's)
+    group_by: list[str] | None = None
 
 
 @dataclass
@@ -111,6 +113,7 @@ class PercentilePrunerConf:
     n_warmup_steps: int = 0
     interval_steps: int = 1
     n_min_trials: int = 1
+    group_by: list[str] | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from sweeper._budget import Budget
 from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
 from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
-from sweeper._pruners import build_pruner
+from sweeper._pruners import GROUP_BY, GroupedPruner, build_pruner, pruner_name
 from sweeper._results import report, summarize, write_results
 from sweeper._samplers import build_sampler, sampler_name
 from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
@@ -125,6 +125,7 @@ class OptunaSweeper:
         budget = Budget(s.n_trials, space.grid() if n_grid is not None else None)
         n_workers = 1 if isinstance(self.launcher, BasicLauncher) else s.n_jobs
         self._log_start(study, storage_url, space, budget, sampler, pruner, n_workers)
+        self._check_pruner_groups(space, pruner)
         return study, space, budget, storage_url, n_workers
 
     def _prepare(self, trial: optuna.Trial, space: SearchSpace, study_name: str) -> list[str]:
@@ -177,6 +178,26 @@ class OptunaSweeper:
                     f"{message[:400]}"
                 ) from None
 
+    @staticmethod
+    def _check_pruner_groups(space: SearchSpace, pruner: optuna.pruners.BasePruner) -> None:
+        """Warn when pruning compares trials that differ in what the study compares (mode, model size)."""
+        if isinstance(pruner, optuna.pruners.NopPruner):
+            return
+        keys = pruner.keys if isinstance(pruner, GroupedPruner) else []
+        for key in keys:
+            if key not in space.params and key not in space.fixed:
+                log.info("Pruner %s=%s: %r is not a parameter of this sweep (one value for all)", GROUP_BY, keys, key)
+        across = [k for k in ("model", "finetune") if k in space.params and k not in keys]
+        if across:
+            log.warning(
+                "The pruner compares trials across %s: LoRA and small-model trials are then stopped for learning "
+                "slower than full fine-tuning or bigger models. Set hydra.sweeper.pruner.%s=[%s] to compare "
+                "within each.",
+                " and ".join(across),
+                GROUP_BY,
+                ",".join(keys + across),
+            )
+
     def _log_start(
         self,
         study: optuna.Study,
@@ -194,7 +215,7 @@ class OptunaSweeper:
             study.study_name,
             mask_url(storage_url),
             sampler_name(sampler),
-            type(pruner).__name__,
+            pruner_name(pruner),
             "/".join(s.directions),
         )
         for name, param in space.params.items():

@@ -14,7 +14,7 @@ from optuna.samplers import GridSampler, NSGAIISampler, QMCSampler, RandomSample
 
 from sweeper import parse_search_space
 from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
-from sweeper._pruners import build_pruner
+from sweeper._pruners import GroupedPruner, build_pruner
 from sweeper._samplers import PerTrialSeedSampler, build_sampler
 from sweeper._settings import build_settings, failures_allowed
 from sweeper._storage import absolute_url, mask_url
@@ -246,3 +246,55 @@ def test_samplers_with_optional_packages_sample_and_name_the_package_when_missin
     monkeypatch.setitem(sys.modules, module, None)  # what an environment without the package imports
     with pytest.raises(ValueError, match=rf"lorasweep\[samplers\].*no module named '{module}'"):
         build_sampler(spec, None)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"_target_": "optuna.pruners.MedianPruner", "group_by": "model"},
+            r"list of parameter names, but got group_by='model'",
+        ),
+        (
+            {"_target_": "optuna.pruners.HyperbandPruner", "group_by": ["model"]},
+            r"median and percentile pruners, but got HyperbandPruner with group_by=\['model'\]",
+        ),
+    ],
+)
+def test_pruner_group_by_is_checked_when_the_sweeper_is_built(spec, message):
+    with pytest.raises(ValueError, match=message):
+        build_pruner(spec, multi_objective=False)
+
+
+def test_a_grouped_pruner_waits_for_startup_trials_in_each_group():
+    pruner = build_pruner(
+        {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1, "group_by": ["finetune"]}, False
+    )
+    study = optuna.create_study(pruner=pruner)
+    mode = optuna.distributions.CategoricalDistribution(["full", "lora"])
+
+    def run(finetune: str, loss: float) -> bool:
+        study.enqueue_trial({"finetune": finetune})
+        trial = study.ask({"finetune": mode})
+        trial.report(loss, 1)
+        pruned = bool(trial.should_prune())
+        study.tell(trial, loss)
+        return pruned
+
+    assert run("full", 0.1) is False
+    assert run("lora", 0.9) is False, "the first LoRA trial has no LoRA trial to be compared with (not full's 0.1)"
+    assert run("lora", 1.0) is True, "then a LoRA trial worse than the LoRA median stops"
+
+
+@pytest.mark.parametrize(
+    "choice",
+    ["hparams_search=lora_vs_full"]
+    + [f"experiment={p.stem}" for p in sorted((ROOT / "conf" / "experiment").glob("*_report.yaml"))],
+)
+def test_shipped_searches_prune_only_within_each_swept_model_and_mode(choice, compose_cfg):
+    cfg = compose_cfg(choice)
+    sweeper_cfg = {k: v for k, v in cfg.hydra.sweeper.items() if k not in ("_target_", "_recursive_")}
+    settings = OptunaSweeper(**sweeper_cfg).settings
+    pruner = build_pruner(settings.pruner, settings.multi_objective)
+    swept = {k for k in ("model", "finetune") if k in (settings.params or {})}
+    assert isinstance(pruner, GroupedPruner) and swept <= set(pruner.keys), (swept, pruner)

@@ -299,3 +299,23 @@ def test_the_shim_works_when_the_project_is_pip_installed_beside_other_hydra_plu
     run_dir.mkdir()
     run_app(run_dir, "x=0,1", "hydra/sweeper/sampler=grid", "hydra/launcher=joblib", env=app_env(pythonpath=site))
     assert states(load(run_dir)) == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize("group_by", [None, "[model]"])
+def test_pruning_within_groups_compares_a_trial_only_with_its_own_model(tmp_path, group_by):
+    # medium's loss is small's + 0.5 at every step: against all trials, a medium trial looks bad; against the
+    # other medium trial (the same loss: x=0.5 and 1.5 are symmetric about the optimum) it is never worse.
+    # The grid's order for seed 3: medium, small, small, medium
+    args = [
+        "model=small,medium", "x=0.5,1.5", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=3",
+        "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+    ]  # fmt: skip
+    proc = run_app(tmp_path, *args, *([f"hydra.sweeper.pruner.group_by={group_by}"] if group_by else []))
+    study = load(tmp_path, "toy-small+medium-lora")
+    pruned = [t.params["model"] for t in study.trials if t.state == TrialState.PRUNED]
+    if group_by:
+        assert pruned == [], states(study)
+        assert "MedianPruner within model" in proc.stderr + proc.stdout
+    else:
+        assert pruned == ["medium"], "the last medium trial is measured against the small ones"
+        assert "group_by=[model]" in proc.stderr + proc.stdout, "the sweep says how to compare within models"
