@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=120)
     parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--startup", type=int, default=4, help="median pruner: trials finished before pruning")
+    parser.add_argument("--startup", type=int, default=3, help="median pruner: trials finished before pruning")
     parser.add_argument("--warmup-steps", type=int, default=20, help="median pruner: steps before a trial can stop")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="append results as JSON lines to this file")
