@@ -113,13 +113,10 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 10) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM), in MiB."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set (VmHWM), in MiB: the trainer's own measure."""
+    from tasks.runtime import peak_rss_mb as measure
+
+    return measure()
 
 
 def minor_faults() -> int:
