@@ -33,13 +33,13 @@ from typing import Any
 
 import _common as C
 
+from model.allocator import GLIBC_ENV
+
 LORA_RANK, LORA_ALPHA = 8, 16
-# the glibc settings of model/allocator.py, as the environment variables glibc reads at start-up
-_GLIBC_TUNED = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1), "MALLOC_TOP_PAD_": str(64 * 2**20)}
 MALLOC_MODES: dict[str, dict[str, dict[str, str]]] = {
     "default": {"ours": {}, "peer": {}},
     "tuned-ours": {"ours": {"LORASWEEP_MALLOC": "tuned"}, "peer": {}},
-    "tuned-both": {"ours": _GLIBC_TUNED, "peer": _GLIBC_TUNED},
+    "tuned-both": {"ours": GLIBC_ENV, "peer": GLIBC_ENV},  # model/allocator.py's settings, set at start-up
 }
 
 

@@ -22,6 +22,8 @@ ENV = "LORASWEEP_MALLOC"
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 _TRIM = 2**31 - 1  # the largest value mallopt takes (an int): keep up to 2 GiB of free heap top
 _TOP_PAD = 64 * 2**20  # grow the heap in 64 MiB steps: fewer brk calls
+# the same settings as the environment variables glibc reads at start-up (for a process launched with them)
+GLIBC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_TRIM), "MALLOC_TOP_PAD_": str(_TOP_PAD)}
 _applied = False
 
 
