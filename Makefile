@@ -17,6 +17,8 @@ EXTRAS ?= dev,postgres,slurm,samplers
 # the offline variant reads the shared samples and GPT-2's tokenizer from here
 SHARED ?= ../shared
 PYTEST_ARGS ?=
+# more overrides for the quick-start sweeps, e.g. SWEEP_ARGS="hydra.sweeper.storage=sqlite:///other.db"
+SWEEP_ARGS ?=
 
 help:  ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,13 +33,13 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed  ## create .venv: torch first (CPU wheel without a GPU), then the project
 
 sweep: setup  ## the quick start: GPT-2 small from the hub, SMS spam, LoRA ranks vs full fine-tuning, SQLite study
-	$(PY) sweep.py -m experiment=quickstart
+	$(PY) sweep.py -m experiment=quickstart $(SWEEP_ARGS)
 	@echo "Look at it: $(VENV)/bin/optuna-dashboard sqlite:///sweeps.db   or   $(PY) -m analysis.report --storage sqlite:///sweeps.db"
 
 sweep-offline: setup  ## the same sweep offline: tiny random GPT-2, the local SMS sample in $(SHARED), no downloads
 	HF_HUB_OFFLINE=1 LORASWEEP_TIKTOKEN_FILE=$(SHARED)/tokenizer/gpt2.tiktoken \
 	  $(PY) sweep.py -m experiment=quickstart model=tiny task.path=$(SHARED)/data/sms_spam/SMSSpamCollection \
-	  hydra.sweeper.study_name=quickstart-offline
+	  hydra.sweeper.study_name=quickstart-offline $(SWEEP_ARGS)
 
 test: setup  ## run every test (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -48,13 +50,26 @@ test-fast: setup  ## the tests without the end-to-end sweeps
 bench: setup  ## benchmarks against transformers + peft (minutes; results in BENCHMARKS.md's format)
 	$(PY) bench/train_step.py && $(PY) bench/generate.py && $(PY) bench/sweep_overhead.py && $(PY) bench/pruning.py
 
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PIP) install --quiet -e ".[$(EXTRAS),docs]"
+	@touch $@
+
+docs: $(VENV)/.docs-installed  ## build the documentation site into site/ (mkdocs --strict: a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: $(VENV)/.docs-installed  ## serve the documentation with live reload on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+docs-screenshot: setup  ## regenerate docs/assets/report.png from the offline quick start (needs chromium)
+	PY=$(PY) SHARED=$(SHARED) bash docs/make_screenshot.sh
+
 format: setup  ## ruff: fix and format
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 lint: setup  ## ruff: check only
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-clean:  ## remove run artefacts (outputs/, sweeps.db, reports/), keep .venv and caches
-	rm -rf outputs multirun reports sweeps.db
+clean:  ## remove run artefacts (outputs/, sweeps.db, reports/, site/), keep .venv and caches
+	rm -rf outputs multirun reports sweeps.db site
 
-.PHONY: help setup sweep sweep-offline test test-fast bench format lint clean
+.PHONY: help setup sweep sweep-offline test test-fast bench docs docs-serve docs-screenshot format lint clean
