@@ -63,9 +63,9 @@ def run(side: str, steps: int, warmup: int, batch: int, seq: int, size: str = "m
     if side == "ours":
         from model import GPT, GPTConfig
         from tasks.alpaca import Alpaca
-        from tasks.optim import build_optimizer
-        from tasks.runtime import Runtime
-        from tasks.trainer import train_step
+        from tasks.train.loop import train_step
+        from tasks.train.optim import build_optimizer
+        from tasks.train.runtime import Runtime
 
         model = GPT(GPTConfig.from_preset(size)).to(device).train()
         runtime = Runtime(device, "bf16")

@@ -12,7 +12,7 @@ fixed steps in one process, as many times as `--trials`, with the project's own 
 - study: Optuna ask with a 4-parameter TPE search space, 3 intermediate reports + `should_prune`, the trial's
   metrics.json stored as user attributes (`sweeper.TrialHandle.set_metrics`), tell, on a SQLite file by default;
 - data: `task.load` (trial 1 tokenizes and fills the token cache; the others read it);
-- model: `tasks.trainer.build_model` with `model.pretrained=true` from a local Hugging Face folder (random weights
+- model: `tasks.train.build.build_model` with `model.pretrained=true` from a local Hugging Face folder (random weights
   of the preset's shape, exported once), LoRA applied, plus the optimizer (trial 1 reads the weights from disk; the
   others copy them from the in-process cache).
 
@@ -70,7 +70,7 @@ def compose(overrides: list[str]) -> Any:
 
 def sample_metrics(base: list[str], run_dir: Path) -> dict[str, Any]:
     """A real metrics.json (tiny model, 2 steps): what set_metrics stores for every trial."""
-    from tasks.trainer import run_trial
+    from tasks.train.trial import run_trial
 
     cfg = compose([*base, "model=tiny", "trainer.max_steps=2", "trainer.save_checkpoint=false"])
     return run_trial(cfg, run_dir=run_dir)
@@ -96,9 +96,9 @@ def main() -> None:
     from model.checkpoint import export_hf
     from sweeper import TrialHandle
     from tasks import get_task
-    from tasks.optim import build_optimizer
-    from tasks.runtime import resolve_runtime
-    from tasks.trainer import build_model
+    from tasks.train.build import build_model
+    from tasks.train.optim import build_optimizer
+    from tasks.train.runtime import resolve_runtime
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)

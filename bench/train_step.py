@@ -9,7 +9,7 @@
 As nanoGPT's bench.py: random weights of GPT-2's shapes (the same shapes on both sides), fp32, AdamW, dropout 0,
 gradient clipping at 1.0 (the HF Trainer's default and ours). The peer is `GPT2LMHeadModel` (SDPA attention), with
 `peft` LoRA r=8 on c_attn/c_proj/c_fc, stepped as the HF Trainer does: `loss.backward()`, clip, `step()`,
-`zero_grad()`, with torch's fused AdamW (the Trainer's default optimizer). Ours is `tasks.trainer.train_step` on
+`zero_grad()`, with torch's fused AdamW (the Trainer's default optimizer). Ours is `tasks.train.loop.train_step` on
 `model.GPT` with `model.lora.apply_lora`, as a trial runs it.
 
 Cases: `lm` = batch x seq random tokens, every position a target; `alpaca` = real Alpaca rows from the shared
@@ -65,11 +65,11 @@ def _ours(spec: dict[str, Any]) -> Any:
     from model import GPT, GPTConfig, apply_lora
     from model.allocator import maybe_tune_malloc
     from tasks.alpaca import Alpaca
-    from tasks.optim import build_optimizer
-    from tasks.runtime import Runtime
-    from tasks.trainer import train_step
+    from tasks.train.loop import train_step
+    from tasks.train.optim import build_optimizer
+    from tasks.train.runtime import Runtime
 
-    maybe_tune_malloc()  # as tasks.trainer.build_model: only with LORASWEEP_MALLOC=tuned
+    maybe_tune_malloc()  # as tasks.train.build.build_model: only with LORASWEEP_MALLOC=tuned
     model = GPT(GPTConfig.from_preset(spec["size"]))
     if spec["mode"] == "lora":
         apply_lora(model, rank=LORA_RANK, alpha=LORA_ALPHA, dropout=0.0)
