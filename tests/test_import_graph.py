@@ -80,7 +80,17 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
             for alias in node.names:  # `from pkg import submodule` imports the submodule
                 targets.add(_known(f"{base}.{alias.name}", modules) or _known(base, modules))
         graph[name] = {t for t in targets if t is not None and t != name}
+        # importing `a.b.c` first runs `a/b/__init__`: an edge too, unless `a.b` is this module's own package
+        # (then it is already being imported)
+        own = {name.rsplit(".", n)[0] for n in range(name.count(".") + 1)}
+        graph[name] |= {parent for t in graph[name] for parent in _parents(t) if parent not in own}
     return graph
+
+
+def _parents(name: str) -> list[str]:
+    """`a.b.c` -> [`a`, `a.b`]."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -124,6 +134,27 @@ def test_the_graph_sees_a_cycle_where_there_is_one(tmp_path: Path) -> None:
     (pkg / "b.py").write_text("def f():\n    from . import a\n")
     assert import_graph(modules)["pkg.b"] == {"pkg.a"}
     assert set(find_cycle(import_graph(modules)) or []) == {"pkg.a", "pkg.b"}
+
+
+def test_a_package_init_that_imports_its_modules_is_part_of_the_graph(tmp_path: Path) -> None:
+    """`import pkg.train.optim` runs `pkg/train/__init__` first: when that imports back, it is a cycle."""
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/settings.py": "from pkg.train.optim import NAMES\n",
+        "pkg/train/__init__.py": "from pkg.train.trial import run\n",
+        "pkg/train/optim.py": "NAMES = ()\n",
+        "pkg/train/trial.py": "from pkg.settings import check\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    modules = {name.removesuffix(".py").removesuffix("/__init__").replace("/", "."): tmp_path / name for name in files}
+    graph = import_graph(modules)
+    assert graph["pkg.settings"] == {"pkg.train", "pkg.train.optim"}
+    assert graph["pkg.train.trial"] == {"pkg.settings"}, "a module's own packages are already being imported"
+    assert set(find_cycle(graph) or []) == {"pkg.settings", "pkg.train", "pkg.train.trial"}
+    (tmp_path / "pkg/train/__init__.py").write_text('"""Nothing imported here."""\n')
+    assert find_cycle(import_graph(modules)) is None
 
 
 @pytest.mark.parametrize("package", ACYCLIC)
