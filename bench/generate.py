@@ -92,9 +92,9 @@ def _batches_single(prompt_len: int) -> list[dict[str, Any]]:
 
 
 def _batches_judge(n_prompts: int) -> list[dict[str, Any]]:
-    """The judge's batching of the first `n_prompts` Alpaca prompts (tasks.generation.generate_responses)."""
+    """The judge's batching of the first `n_prompts` Alpaca prompts (tasks.judge.generation.generate_responses)."""
     from tasks.alpaca import format_prompt
-    from tasks.generation import _left_pad
+    from tasks.judge.generation import _left_pad
     from tasks.sources import read_json_records
     from tasks.tokenizer import get_tokenizer
 

@@ -27,8 +27,8 @@ from google import genai
 from google.genai import errors, types
 from tqdm.auto import tqdm
 
-from tasks.judge_cache import JudgeCache, cache_key
-from tasks.judge_settings import JudgeSettings
+from tasks.judge.cache import JudgeCache, cache_key
+from tasks.judge.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
 

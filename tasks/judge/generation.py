@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from tasks.judge_settings import GenerationSettings
+from tasks.judge.settings import GenerationSettings
 from tasks.tokenizer import EOT_ID, get_tokenizer
 
 log = logging.getLogger(__name__)
