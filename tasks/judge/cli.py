@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.files import write_atomic
 from tasks.judge.generation import GENERATIONS_FILE, read_jsonl
 from tasks.judge.scoring import JUDGE_FILE, SUMMARY_FILE, fmt, judge_preflight, score_generations
 from tasks.judge.settings import JudgeUnavailableError
@@ -74,9 +75,7 @@ def rescore_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str,
         metrics = {k: v for k, v in (data.get("metrics") or {}).items() if not k.startswith("judge_")}
         metrics.update(summary)
         data["metrics"] = metrics
-        tmp = metrics_path.with_name("metrics.json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(metrics_path)
+        write_atomic(metrics_path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", durable=True)
     return summary
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from common.files import atomic_open
 from tasks.judge.settings import GenerationSettings
 from tasks.tokenizer import EOT_ID, get_tokenizer
 
@@ -177,12 +178,9 @@ def _left_pad(rows: list[list[int]], device: torch.device | str) -> tuple[torch.
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     """One JSON object per line, UTF-8, written atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_open(path, durable=True) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 

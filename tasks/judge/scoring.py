@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig
 
+from common.files import write_atomic
 from tasks.judge.cache import JudgeCache
 from tasks.judge.generation import GENERATIONS_FILE, generate_responses, write_jsonl
 from tasks.judge.settings import API_KEY_ENV_VARS, JudgeSettings, JudgeUnavailableError, api_key_from_env
@@ -239,9 +240,7 @@ def _write_summary(path: Path, summary: Mapping[str, Any], settings: JudgeSettin
             "generation": vars(settings.generation),
         },
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n", durable=True)
 
 
 def fmt(value: Any) -> str:
