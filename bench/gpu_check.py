@@ -4,9 +4,9 @@
     python bench/gpu_check.py --peer          # also transformers' GPT2LMHeadModel the same way, for comparison
     python bench/gpu_check.py --json bench.jsonl
 
-Under 5 minutes on one H100. Target: peak CUDA memory (torch.cuda.max_memory_allocated) under 12 GB; the exit code
-is 1 when it is not met. Random weights of GPT-2 medium's shape (no download). MFU = 6 N + attention FLOPs per
-token (nanoGPT's estimate_mfu) over the bf16 matmul rate measured here (8192^3, the denominator), and over the
+Target: peak CUDA memory (torch.cuda.max_memory_allocated) under 12 GB; the exit code is 1 when it is not met (run
+time and results: BENCHMARKS.md). Random weights of GPT-2 medium's shape (no download). MFU = 6 N + attention FLOPs
+per token (nanoGPT's estimate_mfu) over the bf16 matmul rate measured here (8192^3, the denominator), and over the
 card's nominal dense bf16 peak for reference.
 """
 

@@ -1,7 +1,7 @@
 """Ask Gemini for scores: bounded concurrency, retries that honour the server's delay, an on-disk cache.
 
-The report's evaluation took ~20 minutes for 100 items because calls ran one by one into rate limits. Here a thread
-pool keeps at most `judge.concurrency` requests in flight; a 429/408/5xx or a dropped connection is retried with
+The original report's evaluation was slow because its calls ran one by one into rate limits. Here a thread pool
+keeps at most `judge.concurrency` requests in flight; a 429/408/5xx or a dropped connection is retried with
 exponential backoff plus jitter, waiting at least what the server asks for (the `RetryInfo.retryDelay` of a Gemini
 error body, else the `Retry-After` header), up to `judge.retry.max_attempts` attempts. The SDK's own retries stay off
 (`HttpOptions.retry_options=None` means one attempt), since they ignore the server's delay and would multiply ours.

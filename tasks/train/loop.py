@@ -74,8 +74,8 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
 
 
 # gradients at least this large are dropped after each step instead of kept zeroed: autograd builds them as fresh
-# tensors every step anyway (GPT-2's tied embedding/head: the embedding's dense backward plus the head's product,
-# 38.6M values), so a kept copy only adds 154 MB to the next forward's peak and one more pass to add into it
+# tensors every step anyway (GPT-2's tied embedding/head: the embedding's dense backward plus the head's product),
+# so a kept copy only adds its size to the next forward's peak and one more pass to add into it (BENCHMARKS.md)
 _FRESH_GRAD_NUMEL = 2**24
 
 
