@@ -216,7 +216,7 @@ class GeminiJudge:
         except _NotSent:
             return JudgeReply(None, None, f"not sent: {self.unavailable_reason}", False, tries)
         except errors.APIError as exc:
-            return JudgeReply(None, None, self._api_failure(exc, tries), False, tries)
+            return JudgeReply(None, None, self._api_failure(exc), False, tries)
         except _TRANSPORT_ERRORS as exc:
             message = _describe(exc)
             self._give_up(f"unreachable after {tries} attempts ({message})")
@@ -225,7 +225,7 @@ class GeminiJudge:
             self.cache.put(key, self.settings.model, repeat, text)
         return JudgeReply(parse_score(text), text, None, False, tries)
 
-    def _api_failure(self, exc: errors.APIError, tries: int) -> str:
+    def _api_failure(self, exc: errors.APIError) -> str:
         """The item's error for an API error the retries ended on; stops every call when no other could succeed."""
         retry = self.settings.retry
         message = _describe(exc)
