@@ -21,8 +21,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
-from tasks.judge_settings import JudgeUnavailableError
-from tasks.trainer import NonFiniteLossError, TrialOutOfMemoryError, run_trial
+from tasks.judge import JudgeUnavailableError
+from tasks.train.errors import NonFiniteLossError, TrialOutOfMemoryError
+from tasks.train.trial import run_trial
 
 log = logging.getLogger("lorasweep")
 

@@ -114,7 +114,7 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 10) -> float:
 
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM), in MiB: the trainer's own measure."""
-    from tasks.runtime import peak_rss_mb as measure
+    from tasks.train.runtime import peak_rss_mb as measure
 
     return measure()
 

@@ -92,9 +92,9 @@ def _batches_single(prompt_len: int) -> list[dict[str, Any]]:
 
 
 def _batches_judge(n_prompts: int) -> list[dict[str, Any]]:
-    """The judge's batching of the first `n_prompts` Alpaca prompts (tasks.generation.generate_responses)."""
+    """The judge's batching of the first `n_prompts` Alpaca prompts (tasks.judge.generation.generate_responses)."""
     from tasks.alpaca import format_prompt
-    from tasks.generation import _left_pad
+    from tasks.judge.generation import _left_pad
     from tasks.sources import read_json_records
     from tasks.tokenizer import get_tokenizer
 
@@ -123,7 +123,7 @@ def _stop_token(rows: list[list[int]], new_tokens: int) -> int | None:
     return min(spread, key=lambda t: abs(median_first(t) - new_tokens / 2)) if spread else None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "medium"])
     parser.add_argument("--case", nargs="+", default=["single", "batched"], choices=["single", "batched"])
@@ -134,7 +134,54 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=3, help="timed calls per process")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="append results as JSON lines to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def compare(folder: Path, size: str, case: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both sides on one (size, case), alternating fresh processes: the table row and the JSON record."""
+    batches = _batches_single(args.prompt_len) if case == "single" else _batches_judge(args.prompts)
+    spec = {
+        "folder": str(folder),
+        "batches": batches,
+        "new_tokens": args.new_tokens,
+        "threads": args.threads,
+        "inner": args.inner,
+        "eos": None,
+    }
+    if case == "batched":  # a first pass picks an end-of-sequence id the random model does emit
+        first = C.run_worker(__file__, {**spec, "side": "ours", "inner": 1})["rows"]
+        spec["eos"] = _stop_token(first, args.new_tokens)
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": []}
+    for _ in range(args.reps):
+        for side in ("ours", "peer"):
+            runs[side].append(C.run_worker(__file__, {**spec, "side": side}))
+    same = runs["ours"][0]["rows"] == runs["peer"][0]["rows"]
+    med = {s: C.median(r["seconds"] for r in rs) for s, rs in runs.items()}
+    n_new = runs["ours"][0]["new_tokens"]
+    speedup = med["peer"] / med["ours"]
+    row = {
+        "size": size,
+        "case": case,
+        "rows": sum(len(b["ids"]) for b in batches),
+        "new tokens": n_new,
+        "ours ms/token": f"{1e3 * med['ours'] / n_new:.2f}",
+        "peer ms/token": f"{1e3 * med['peer'] / n_new:.2f}",
+        "ours s": f"{med['ours']:.2f}",
+        "peer s": f"{med['peer']:.2f}",
+        "speed-up": f"{speedup:.2f}x",
+        "same tokens": "yes" if same else "NO",
+    }
+    for rs in runs.values():
+        for r in rs:
+            r.pop("rows")
+    record = {"bench": "generate", "size": size, "case": case, "new_tokens": n_new, "eos": spec["eos"]}
+    record.update(speedup=speedup, same_tokens=same, median_s=med, runs=runs, reps=args.reps)
+    print(f"  {size} {case}: {speedup:.2f}x", file=sys.stderr, flush=True)
+    return row, record
+
+
+def main() -> None:
+    args = parse_args()
     C.offline_env()
     import torch
 
@@ -153,60 +200,9 @@ def main() -> None:
         torch.manual_seed(0)
         folder = export_hf(GPT(GPTConfig.from_preset(size)), tmp / size)
         for case in args.case:
-            batches = _batches_single(args.prompt_len) if case == "single" else _batches_judge(args.prompts)
-            spec = {
-                "folder": str(folder),
-                "batches": batches,
-                "new_tokens": args.new_tokens,
-                "threads": args.threads,
-                "inner": args.inner,
-                "eos": None,
-            }
-            if case == "batched":  # a first pass picks an end-of-sequence id the random model does emit
-                first = C.run_worker(__file__, {**spec, "side": "ours", "inner": 1})["rows"]
-                spec["eos"] = _stop_token(first, args.new_tokens)
-            runs: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": []}
-            for _ in range(args.reps):
-                for side in ("ours", "peer"):
-                    runs[side].append(C.run_worker(__file__, {**spec, "side": side}))
-            same = runs["ours"][0]["rows"] == runs["peer"][0]["rows"]
-            med = {s: C.median(r["seconds"] for r in rs) for s, rs in runs.items()}
-            n_new = runs["ours"][0]["new_tokens"]
-            speedup = med["peer"] / med["ours"]
-            rows.append(
-                {
-                    "size": size,
-                    "case": case,
-                    "rows": sum(len(b["ids"]) for b in batches),
-                    "new tokens": n_new,
-                    "ours ms/token": f"{1e3 * med['ours'] / n_new:.2f}",
-                    "peer ms/token": f"{1e3 * med['peer'] / n_new:.2f}",
-                    "ours s": f"{med['ours']:.2f}",
-                    "peer s": f"{med['peer']:.2f}",
-                    "speed-up": f"{speedup:.2f}x",
-                    "same tokens": "yes" if same else "NO",
-                }
-            )
-            for rs in runs.values():
-                for r in rs:
-                    r.pop("rows")
-            records.append(
-                {
-                    "bench": "generate",
-                    "size": size,
-                    "case": case,
-                    "new_tokens": n_new,
-                    "eos": spec["eos"],
-                    "speedup": speedup,
-                    "same_tokens": same,
-                    "median_s": med,
-                    "runs": runs,
-                    "reps": args.reps,
-                    "machine": info,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                }
-            )
-            print(f"  {size} {case}: {speedup:.2f}x", file=sys.stderr, flush=True)
+            row, record = compare(folder, size, case, args)
+            rows.append(row)
+            records.append({**record, "machine": info, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     C.finish(rows, records, args, f"medians of {args.reps} alternating repetitions x {args.inner} calls")
 
 

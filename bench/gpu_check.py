@@ -4,9 +4,9 @@
     python bench/gpu_check.py --peer          # also transformers' GPT2LMHeadModel the same way, for comparison
     python bench/gpu_check.py --json bench.jsonl
 
-Under 5 minutes on one H100. Target: peak CUDA memory (torch.cuda.max_memory_allocated) under 12 GB; the exit code
-is 1 when it is not met. Random weights of GPT-2 medium's shape (no download). MFU = 6 N + attention FLOPs per
-token (nanoGPT's estimate_mfu) over the bf16 matmul rate measured here (8192^3, the denominator), and over the
+Target: peak CUDA memory (torch.cuda.max_memory_allocated) under 12 GB; the exit code is 1 when it is not met (run
+time and results: BENCHMARKS.md). Random weights of GPT-2 medium's shape (no download). MFU = 6 N + attention FLOPs
+per token (nanoGPT's estimate_mfu) over the bf16 matmul rate measured here (8192^3, the denominator), and over the
 card's nominal dense bf16 peak for reference.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import _common as C
@@ -44,6 +45,50 @@ def bf16_peak() -> float:
     return 2 * n**3 / C.median(times) / 1e12
 
 
+def _ours(size: str, device: Any, batch: dict[str, Any]) -> tuple[Any, Callable[[int], None], bool]:
+    """Our model and one training step, as a trial runs it: `train_step`, fused AdamW, bf16 autocast."""
+    from model import GPT, GPTConfig
+    from tasks.alpaca import Alpaca
+    from tasks.train.loop import train_step
+    from tasks.train.optim import build_optimizer
+    from tasks.train.runtime import Runtime
+
+    model = GPT(GPTConfig.from_preset(size)).to(device).train()
+    runtime = Runtime(device, "bf16")
+    opt = build_optimizer(model, {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01}, device)  # fused on CUDA
+    task = Alpaca()
+
+    def step(i: int) -> None:
+        train_step(model, task, [batch], opt, runtime, step=i, lr=1e-4, grad_clip=1.0)
+
+    return model, step, bool(opt.defaults.get("fused"))
+
+
+def _peer(size: str, device: Any, batch: dict[str, Any]) -> tuple[Any, Callable[[int], None], bool]:
+    """transformers' GPT2LMHeadModel stepped as the HF Trainer does, with bf16 autocast."""
+    import torch
+
+    C.quiet_peer()
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from model.gpt2 import PRESETS
+
+    cuda = device.type == "cuda"
+    config = GPT2Config(**PRESETS[size], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, attn_implementation="sdpa")
+    model = GPT2LMHeadModel(config).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=cuda)
+
+    def step(i: int) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    return model, step, cuda
+
+
 def run(side: str, steps: int, warmup: int, batch: int, seq: int, size: str = "medium") -> dict[str, Any]:
     import contextlib
 
@@ -59,43 +104,8 @@ def run(side: str, steps: int, warmup: int, batch: int, seq: int, size: str = "m
     ids = torch.randint(0, 50257, (batch, seq), generator=g).to(device)
     labels = ids.clone()
     labels[:, 0] = -100
-    mask = torch.ones_like(ids)
-    if side == "ours":
-        from model import GPT, GPTConfig
-        from tasks.alpaca import Alpaca
-        from tasks.optim import build_optimizer
-        from tasks.runtime import Runtime
-        from tasks.trainer import train_step
-
-        model = GPT(GPTConfig.from_preset(size)).to(device).train()
-        runtime = Runtime(device, "bf16")
-        opt = build_optimizer(model, {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01}, device)  # fused on CUDA
-        task = Alpaca()
-        batch_ = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        fused = opt.defaults.get("fused")
-
-        def step(i: int) -> None:
-            train_step(model, task, [batch_], opt, runtime, step=i, lr=1e-4, grad_clip=1.0)
-
-    else:
-        C.quiet_peer()
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        from model.gpt2 import PRESETS
-
-        config = GPT2Config(**PRESETS[size], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, attn_implementation="sdpa")
-        model = GPT2LMHeadModel(config).to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=cuda)
-        fused = cuda
-
-        def step(i: int) -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad()
-
+    batch_ = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    model, step, fused = (_ours if side == "ours" else _peer)(size, device, batch_)
     n_params = sum(p.numel() for p in model.parameters())
     sync = torch.cuda.synchronize if cuda else lambda: None
     # flash only: fails loudly if SDPA cannot use it here
@@ -119,7 +129,7 @@ def run(side: str, steps: int, warmup: int, batch: int, seq: int, size: str = "m
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
@@ -128,7 +138,27 @@ def main() -> int:
     parser.add_argument("--peer", action="store_true", help="also run transformers' GPT2LMHeadModel")
     parser.add_argument("--json", help="append results as JSON lines to this file")
     parser.add_argument("--cpu-smoke", action="store_true", help="check the script's logic on CPU (tiny, 1 step)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    rows = [
+        {
+            "side": r["side"],
+            "tokens/s": f"{r['tokens_per_s']:.0f}",
+            "step ms": f"{1e3 * r['step_s']:.1f}",
+            "MFU (measured peak)": f"{r['mfu_measured_peak']:.2f}",
+            "MFU (nominal)": f"{r['mfu_nominal_peak']:.2f}" if r["mfu_nominal_peak"] else "-",
+            "peak GB": f"{r['peak_gb']:.2f}",
+            "fused AdamW": str(r["fused_adamw"]),
+        }
+        for r in results
+    ]
+    print(C.table(rows, list(rows[0])))
+
+
+def main() -> int:
+    args = parse_args()
     import torch
 
     if args.cpu_smoke:  # no timing, no target: both sides run one bf16-autocast step of the tiny model
@@ -150,36 +180,14 @@ def main() -> int:
         r["mfu_nominal_peak"] = flops_per_token * r["tokens_per_s"] / (nominal * 1e12) if nominal else None
         results.append(r)
     print(f"# {name}, torch {torch.__version__}, bf16 matmul peak measured {peak:.0f} TFLOP/s (nominal {nominal})")
-    rows = [
-        {
-            "side": r["side"],
-            "tokens/s": f"{r['tokens_per_s']:.0f}",
-            "step ms": f"{1e3 * r['step_s']:.1f}",
-            "MFU (measured peak)": f"{r['mfu_measured_peak']:.2f}",
-            "MFU (nominal)": f"{r['mfu_nominal_peak']:.2f}" if r["mfu_nominal_peak"] else "-",
-            "peak GB": f"{r['peak_gb']:.2f}",
-            "fused AdamW": str(r["fused_adamw"]),
-        }
-        for r in results
-    ]
-    print(C.table(rows, list(rows[0])))
+    print_table(results)
     ok = results[0]["peak_gb"] < LIMIT_GB
     print(
         f"# GPT-2 medium full fine-tuning, seq {args.seq} x batch {args.batch}, bf16 autocast, SDPA flash: peak "
         f"{results[0]['peak_gb']:.2f} GB {'<' if ok else '>='} {LIMIT_GB} GB"
     )
-    C.append_json(
-        args.json,
-        [
-            {
-                "bench": "gpu_check",
-                "device": name,
-                "bf16_peak_tflops": peak,
-                "results": results,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-        ],
-    )
+    record = {"bench": "gpu_check", "device": name, "bf16_peak_tflops": peak, "results": results}
+    C.append_json(args.json, [{**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}])
     return 0 if ok else 1
 
 

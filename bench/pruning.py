@@ -85,7 +85,7 @@ def run_study(tmp: Path, name: str, seed: int, pruner: str, args: argparse.Names
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -95,7 +95,33 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=20, help="median pruner: steps before a trial can stop")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="append results as JSON lines to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Steps spent with the pruner as a share of those without, and whether its bests fall in the unpruned spread."""
+    unpruned = [r for r in results if r["pruner"] == "none"]
+    pruned = [r for r in results if r["pruner"] == "median"]
+    share = sum(r["steps"] for r in pruned) / max(1, sum(r["steps"] for r in unpruned))
+    bests = [r["best"] for r in unpruned if r["best"] is not None]
+    pruned_bests = [r["best"] for r in pruned if r["best"] is not None]
+    lo, hi = min(bests), max(bests)
+    within = all(b <= hi for b in pruned_bests)  # minimising: no worse than the worst unpruned best
+    print(
+        f"# median pruner: {share:.0%} of the unpruned training steps (target <= 60%); pruned bests "
+        f"{[round(b, 4) for b in pruned_bests]} vs unpruned spread {lo:.4f}..{hi:.4f}: "
+        f"{'within' if within else 'OUTSIDE'}; load {C.machine(1)['load_avg']}"
+    )
+    return {
+        "steps_share": share,
+        "unpruned_best_spread": [lo, hi],
+        "pruned_bests": pruned_bests,
+        "pruned_best_within_spread": within,
+    }
+
+
+def main() -> None:
+    args = parse_args()
     C.offline_env()
     info = C.machine(args.threads)
     versions = f"torch {info['torch']}, optuna {info.get('optuna')}"
@@ -119,34 +145,9 @@ def main() -> None:
         for r in results
     ]
     print(C.table(rows, list(rows[0])))
-    unpruned = [r for r in results if r["pruner"] == "none"]
-    pruned = [r for r in results if r["pruner"] == "median"]
-    share = sum(r["steps"] for r in pruned) / max(1, sum(r["steps"] for r in unpruned))
-    bests = [r["best"] for r in unpruned if r["best"] is not None]
-    pruned_bests = [r["best"] for r in pruned if r["best"] is not None]
-    lo, hi = min(bests), max(bests)
-    within = all(b <= hi for b in pruned_bests)  # minimising: no worse than the worst unpruned best
-    print(
-        f"# median pruner: {share:.0%} of the unpruned training steps (target <= 60%); pruned bests "
-        f"{[round(b, 4) for b in pruned_bests]} vs unpruned spread {lo:.4f}..{hi:.4f}: "
-        f"{'within' if within else 'OUTSIDE'}; load {C.machine(1)['load_avg']}"
-    )
-    C.append_json(
-        args.json,
-        [
-            {
-                "bench": "pruning",
-                "studies": results,
-                "steps_share": share,
-                "unpruned_best_spread": [lo, hi],
-                "pruned_bests": pruned_bests,
-                "pruned_best_within_spread": within,
-                "settings": vars(args),
-                "machine": info,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-        ],
-    )
+    summary = verdict(results)
+    record = {"bench": "pruning", "studies": results, **summary, "settings": vars(args), "machine": info}
+    C.append_json(args.json, [{**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ fixed steps in one process, as many times as `--trials`, with the project's own 
 - study: Optuna ask with a 4-parameter TPE search space, 3 intermediate reports + `should_prune`, the trial's
   metrics.json stored as user attributes (`sweeper.TrialHandle.set_metrics`), tell, on a SQLite file by default;
 - data: `task.load` (trial 1 tokenizes and fills the token cache; the others read it);
-- model: `tasks.trainer.build_model` with `model.pretrained=true` from a local Hugging Face folder (random weights
+- model: `tasks.train.build.build_model` with `model.pretrained=true` from a local Hugging Face folder (random weights
   of the preset's shape, exported once), LoRA applied, plus the optimizer (trial 1 reads the weights from disk; the
   others copy them from the in-process cache).
 
@@ -70,13 +70,13 @@ def compose(overrides: list[str]) -> Any:
 
 def sample_metrics(base: list[str], run_dir: Path) -> dict[str, Any]:
     """A real metrics.json (tiny model, 2 steps): what set_metrics stores for every trial."""
-    from tasks.trainer import run_trial
+    from tasks.train.trial import run_trial
 
     cfg = compose([*base, "model=tiny", "trainer.max_steps=2", "trainer.save_checkpoint=false"])
     return run_trial(cfg, run_dir=run_dir)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
     parser.add_argument("--finetune", default="lora", choices=["lora", "full"])
@@ -84,7 +84,66 @@ def main() -> None:
     parser.add_argument("--storage", help="study database URL (default: a fresh SQLite file)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="append results as JSON lines to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def one_trial(study: Any, base: list[str], metrics: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
+    """A trial's fixed steps, timed: ask, compose, load the data, build the model, report and tell."""
+    from sweeper import TrialHandle
+    from tasks import get_task
+    from tasks.train.build import build_model
+    from tasks.train.optim import build_optimizer
+    from tasks.train.runtime import resolve_runtime
+
+    runtime = resolve_runtime("cpu", "fp32")
+    clock = Clock()
+    trial = study.ask()
+    overrides = [
+        f"optim.lr={trial.suggest_float('optim.lr', *PARAMS['optim.lr'], log=True)}",
+        f"lora.rank={trial.suggest_categorical('lora.rank', PARAMS['lora.rank'])}",
+        f"lora.alpha={trial.suggest_categorical('lora.alpha', PARAMS['lora.alpha'])}",
+        f"trainer.batch_size={trial.suggest_categorical('trainer.batch_size', PARAMS['trainer.batch_size'])}",
+    ]
+    clock.lap("study")
+    cfg = compose([*base, f"finetune={args.finetune}", *overrides])
+    clock.lap("compose")
+    task = get_task(cfg.task)
+    data = task.load(cfg.task, n_positions=1024, cache_dir=cfg.paths.cache_dir)
+    clock.lap("data")
+    model = build_model(cfg, task.num_classes, runtime)
+    build_optimizer(model, cfg.optim, runtime.device)
+    clock.lap("model")
+    handle = TrialHandle(trial)
+    for step in (20, 40, 60):  # the evaluations of a trial, as fit reports them
+        handle.report(0.5 + step / 1000, step)
+        handle.should_prune()
+    handle.set_metrics(metrics)
+    study.tell(trial, float(metrics["objective"]["value"]))
+    clock.lap("study")
+    del model, data
+    return {**clock.laps, "total": sum(clock.laps.values())}
+
+
+def report(laps: list[dict[str, float]]) -> dict[str, float]:
+    """The per-trial table, the warm trials' medians and the verdict against the target; returns the medians."""
+    columns = ("compose", "study", "data", "model")
+    rows: list[dict[str, Any]] = [
+        {"trial": i + 1, **{k: f"{lap[k]:.3f}" for k in columns}, "total s": f"{lap['total']:.3f}"}
+        for i, lap in enumerate(laps)
+    ]
+    warm = laps[1:] or laps
+    med = {k: C.median(lap[k] for lap in warm) for k in warm[0]}
+    rows.append({"trial": "median 2..", **{k: f"{med[k]:.3f}" for k in columns}, "total s": f"{med['total']:.3f}"})
+    print(C.table(rows, list(rows[0])))
+    verdict = "meets" if med["total"] <= 2.0 else "misses"
+    print(
+        f"# warm trials' fixed cost {med['total']:.2f} s: {verdict} the <= 2 s target; load {C.machine(1)['load_avg']}"
+    )
+    return med
+
+
+def main() -> None:
+    args = parse_args()
     C.offline_env()
     import logging
 
@@ -94,11 +153,6 @@ def main() -> None:
     import tasks.resolvers  # noqa: F401  (${direction:...}, ${cwd:})
     from model import GPT, GPTConfig
     from model.checkpoint import export_hf
-    from sweeper import TrialHandle
-    from tasks import get_task
-    from tasks.optim import build_optimizer
-    from tasks.runtime import resolve_runtime
-    from tasks.trainer import build_model
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -119,68 +173,12 @@ def main() -> None:
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
         load_if_exists=True,
     )
-    runtime = resolve_runtime("cpu", "fp32")
-    rows, laps = [], []
-    for i in range(args.trials):
-        clock = Clock()
-        trial = study.ask()
-        overrides = [
-            f"optim.lr={trial.suggest_float('optim.lr', *PARAMS['optim.lr'], log=True)}",
-            f"lora.rank={trial.suggest_categorical('lora.rank', PARAMS['lora.rank'])}",
-            f"lora.alpha={trial.suggest_categorical('lora.alpha', PARAMS['lora.alpha'])}",
-            f"trainer.batch_size={trial.suggest_categorical('trainer.batch_size', PARAMS['trainer.batch_size'])}",
-        ]
-        clock.lap("study")
-        model_args = [f"model={args.size}", "model.pretrained=true", f"model.hub_id={folder}"]
-        cfg = compose([*base, *model_args, f"finetune={args.finetune}", *overrides])
-        clock.lap("compose")
-        task = get_task(cfg.task)
-        data = task.load(cfg.task, n_positions=1024, cache_dir=cfg.paths.cache_dir)
-        clock.lap("data")
-        model = build_model(cfg, task.num_classes, runtime)
-        build_optimizer(model, cfg.optim, runtime.device)
-        clock.lap("model")
-        handle = TrialHandle(trial)
-        for step in (20, 40, 60):  # the evaluations of a trial, as fit reports them
-            handle.report(0.5 + step / 1000, step)
-            handle.should_prune()
-        handle.set_metrics(metrics)
-        study.tell(trial, float(metrics["objective"]["value"]))
-        clock.lap("study")
-        del model, data
-        total = sum(clock.laps.values())
-        laps.append({**clock.laps, "total": total})
-        rows.append(
-            {
-                "trial": i + 1,
-                **{k: f"{clock.laps[k]:.3f}" for k in ("compose", "study", "data", "model")},
-                "total s": f"{total:.3f}",
-            }
-        )
-    warm = laps[1:] or laps
-    med = {k: C.median(lap[k] for lap in warm) for k in warm[0]}
-    rows.append({"trial": "median 2..", **{k: f"{med[k]:.3f}" for k in ("compose", "study", "data", "model")}})
-    rows[-1]["total s"] = f"{med['total']:.3f}"
-    print(C.table(rows, list(rows[0])))
-    verdict = "meets" if med["total"] <= 2.0 else "misses"
-    print(
-        f"# warm trials' fixed cost {med['total']:.2f} s: {verdict} the <= 2 s target; load {C.machine(1)['load_avg']}"
-    )
-    C.append_json(
-        args.json,
-        [
-            {
-                "bench": "sweep_overhead",
-                "size": args.size,
-                "finetune": args.finetune,
-                "trials": laps,
-                "median_warm": med,
-                "storage": storage.split(":")[0],
-                "machine": info,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-        ],
-    )
+    model_args = [f"model={args.size}", "model.pretrained=true", f"model.hub_id={folder}"]
+    laps = [one_trial(study, [*base, *model_args], metrics, args) for _ in range(args.trials)]
+    med = report(laps)
+    record = {"bench": "sweep_overhead", "size": args.size, "finetune": args.finetune, "trials": laps}
+    record.update(median_warm=med, storage=storage.split(":")[0], machine=info)
+    C.append_json(args.json, [{**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}])
 
 
 if __name__ == "__main__":

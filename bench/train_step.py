@@ -9,7 +9,7 @@
 As nanoGPT's bench.py: random weights of GPT-2's shapes (the same shapes on both sides), fp32, AdamW, dropout 0,
 gradient clipping at 1.0 (the HF Trainer's default and ours). The peer is `GPT2LMHeadModel` (SDPA attention), with
 `peft` LoRA r=8 on c_attn/c_proj/c_fc, stepped as the HF Trainer does: `loss.backward()`, clip, `step()`,
-`zero_grad()`, with torch's fused AdamW (the Trainer's default optimizer). Ours is `tasks.trainer.train_step` on
+`zero_grad()`, with torch's fused AdamW (the Trainer's default optimizer). Ours is `tasks.train.loop.train_step` on
 `model.GPT` with `model.lora.apply_lora`, as a trial runs it.
 
 Cases: `lm` = batch x seq random tokens, every position a target; `alpaca` = real Alpaca rows from the shared
@@ -65,11 +65,11 @@ def _ours(spec: dict[str, Any]) -> Any:
     from model import GPT, GPTConfig, apply_lora
     from model.allocator import maybe_tune_malloc
     from tasks.alpaca import Alpaca
-    from tasks.optim import build_optimizer
-    from tasks.runtime import Runtime
-    from tasks.trainer import train_step
+    from tasks.train.loop import train_step
+    from tasks.train.optim import build_optimizer
+    from tasks.train.runtime import Runtime
 
-    maybe_tune_malloc()  # as tasks.trainer.build_model: only with LORASWEEP_MALLOC=tuned
+    maybe_tune_malloc()  # as tasks.train.build.build_model: only with LORASWEEP_MALLOC=tuned
     model = GPT(GPTConfig.from_preset(spec["size"]))
     if spec["mode"] == "lora":
         apply_lora(model, rank=LORA_RANK, alpha=LORA_ALPHA, dropout=0.0)
@@ -200,7 +200,7 @@ def alpaca_batches(batch_size: int, n: int, out: Path) -> Path:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", nargs="+", default=["small"], choices=["tiny", "small", "medium", "large"])
     parser.add_argument("--mode", nargs="+", default=["full", "lora"], choices=["full", "lora"])
@@ -219,7 +219,60 @@ def main() -> None:
         help="glibc settings: default; tuned-ours (LORASWEEP_MALLOC=tuned, ours only); tuned-both (same via env)",
     )
     parser.add_argument("--json", help="append results as JSON lines to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def compare(spec: dict[str, Any], batches: Any, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both sides on one (case, size, mode), alternating fresh processes: the table row and the JSON record."""
+    from_worker = _batches(spec) if batches is None else batches
+    spec["flops_per_batch"] = flops_per_batch(spec["size"], spec["mode"], from_worker)
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": []}
+    for _ in range(args.reps):
+        for side in ("ours", "peer"):
+            env = MALLOC_MODES[args.malloc][side]
+            runs[side].append(C.run_worker(__file__, {**spec, "side": side}, env=env))
+    med = {side: {k: C.median(r[k] for r in rs) for k in rs[0] if k != "last_loss"} for side, rs in runs.items()}
+    mfu = {s: m["mfu"] for s, m in med.items()}
+    speedup = med["ours"]["tokens_per_s"] / med["peer"]["tokens_per_s"]
+    rss = med["ours"]["peak_rss_mb"] / med["peer"]["peak_rss_mb"]
+    case, size, mode = spec["case"], spec["size"], spec["mode"]
+    row = {
+        "case": case,
+        "size": size,
+        "mode": mode,
+        "malloc": args.malloc,
+        "ours tok/s": f"{med['ours']['tokens_per_s']:.0f}",
+        "peer tok/s": f"{med['peer']['tokens_per_s']:.0f}",
+        "speed-up": f"{speedup:.2f}x",
+        "ours MFU": f"{mfu['ours']:.2f}",
+        "peer MFU": f"{mfu['peer']:.2f}",
+        "ours RSS MB": f"{med['ours']['peak_rss_mb']:.0f}",
+        "peer RSS MB": f"{med['peer']['peak_rss_mb']:.0f}",
+        "RSS ratio": f"{rss:.2f}",
+        "faults/step ours/peer": "{:.0f}/{:.0f}".format(med["ours"]["faults_per_step"], med["peer"]["faults_per_step"]),
+    }
+    record = {
+        "bench": "train_step",
+        "malloc": args.malloc,
+        "case": case,
+        "size": size,
+        "mode": mode,
+        "batch": args.batch,
+        "seq": args.seq if case == "lm" else None,
+        "steps": spec["steps"],
+        "reps": args.reps,
+        "speedup": speedup,
+        "rss_ratio": rss,
+        "mfu": mfu,
+        "median": med,
+        "runs": runs,
+    }
+    print(f"  {case} {size} {mode}: {speedup:.2f}x", file=sys.stderr, flush=True)
+    return row, record
+
+
+def main() -> None:
+    args = parse_args()
     C.offline_env()
     import torch
 
@@ -244,61 +297,10 @@ def main() -> None:
         for size in args.size:
             for mode in args.mode:
                 spec = {**spec_base, "size": size, "mode": mode, "steps": steps, "warmup": args.warmup}
-                from_worker = _batches(spec) if batches is None else batches
-                spec["flops_per_batch"] = flops_per_batch(size, mode, from_worker)
-                runs: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": []}
-                for _ in range(args.reps):
-                    for side in ("ours", "peer"):
-                        env = MALLOC_MODES[args.malloc][side]
-                        runs[side].append(C.run_worker(__file__, {**spec, "side": side}, env=env))
-                med = {
-                    side: {k: C.median(r[k] for r in rs) for k in rs[0] if k != "last_loss"}
-                    for side, rs in runs.items()
-                }
-                mfu = {s: m["mfu"] for s, m in med.items()}
-                speedup = med["ours"]["tokens_per_s"] / med["peer"]["tokens_per_s"]
-                rss = med["ours"]["peak_rss_mb"] / med["peer"]["peak_rss_mb"]
-                rows.append(
-                    {
-                        "case": case,
-                        "size": size,
-                        "mode": mode,
-                        "malloc": args.malloc,
-                        "ours tok/s": f"{med['ours']['tokens_per_s']:.0f}",
-                        "peer tok/s": f"{med['peer']['tokens_per_s']:.0f}",
-                        "speed-up": f"{speedup:.2f}x",
-                        "ours MFU": f"{mfu['ours']:.2f}",
-                        "peer MFU": f"{mfu['peer']:.2f}",
-                        "ours RSS MB": f"{med['ours']['peak_rss_mb']:.0f}",
-                        "peer RSS MB": f"{med['peer']['peak_rss_mb']:.0f}",
-                        "RSS ratio": f"{rss:.2f}",
-                        "faults/step ours/peer": "{:.0f}/{:.0f}".format(
-                            med["ours"]["faults_per_step"], med["peer"]["faults_per_step"]
-                        ),
-                    }
-                )
-                records.append(
-                    {
-                        "bench": "train_step",
-                        "malloc": args.malloc,
-                        "case": case,
-                        "size": size,
-                        "mode": mode,
-                        "batch": args.batch,
-                        "seq": args.seq if case == "lm" else None,
-                        "steps": steps,
-                        "reps": args.reps,
-                        "speedup": speedup,
-                        "rss_ratio": rss,
-                        "mfu": mfu,
-                        "median": med,
-                        "runs": runs,
-                        "matmul_peak_gflops": peak,
-                        "machine": info,
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    }
-                )
-                print(f"  {case} {size} {mode}: {speedup:.2f}x", file=sys.stderr, flush=True)
+                row, record = compare(spec, batches, args)
+                rows.append(row)
+                now = time.strftime("%Y-%m-%dT%H:%M:%S")
+                records.append({**record, "matmul_peak_gflops": peak, "machine": info, "time": now})
     C.finish(rows, records, args, f"medians of {args.reps} alternating repetitions per side")
 
 

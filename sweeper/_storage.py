@@ -7,19 +7,19 @@ the sweep loop, the heartbeats and the jobs wrap around their writes when the co
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
-import random
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from common.retry import Backoff, retrying
+
 if TYPE_CHECKING:
     import optuna
+    from tenacity import RetryCallState
 
 log = logging.getLogger(__name__)
 
@@ -112,23 +112,29 @@ def with_retries(
     A database restart or a network blip must not cost a trial's result, and several sweep processes started
     together on an empty database race to create Optuna's tables (the losers succeed on the next try).
     """
-    deadline = time.monotonic() + timeout_s
-    for attempt in itertools.count(1):
-        try:
-            result = action()
-        except Exception as e:
-            left = deadline - time.monotonic()
-            if not retry_on(e) or left <= 0:
-                raise
-            wait = min(max_wait_s, first_wait_s * 2 ** (attempt - 1)) * (1 + 0.5 * random.random())
-            level = logging.WARNING if attempt == 1 and is_transient(e) else logging.DEBUG
-            log.log(level, "%s failed (%s); trying again for up to %.0f s", what, first_line(e), left)
-            time.sleep(min(wait, left))
-            continue
-        if attempt > 1 and log.isEnabledFor(logging.INFO):
-            log.info("%s succeeded after %d tries", what, attempt)
-        return result
-    raise AssertionError("unreachable")
+    tries = 0
+
+    def attempt() -> T:
+        nonlocal tries
+        tries += 1
+        return action()
+
+    def log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        left = timeout_s - (state.seconds_since_start or 0.0)
+        level = (
+            logging.WARNING
+            if state.attempt_number == 1 and error is not None and is_transient(error)
+            else logging.DEBUG
+        )
+        log.log(level, "%s failed (%s); trying again for up to %.0f s", what, first_line(error), left)
+
+    # waits of first_wait_s, doubling up to max_wait_s, each stretched by up to half so workers spread out
+    backoff = Backoff(initial_s=first_wait_s, max_s=max_wait_s, spread=0.5)
+    result = retrying(retry_on, backoff, timeout_s=timeout_s, before_sleep=log_retry)(attempt)
+    if tries > 1 and log.isEnabledFor(logging.INFO):
+        log.info("%s succeeded after %d tries", what, tries)
+    return result
 
 
 def first_line(error: BaseException) -> str:

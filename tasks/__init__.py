@@ -1,6 +1,7 @@
-"""Tasks: datasets turned into tokenized, cached splits, their losses and metrics, and the training loop.
+"""Tasks: datasets turned into tokenized, cached splits, their losses and metrics.
 
-The trainer and the inspect command use `get_task(cfg.task)` then `task.load(cfg.task, n_positions)`;
+The training loop lives in `tasks.train` (`tasks.train.trial.run_trial`), alpaca's generations and the LLM judge
+in `tasks.judge`. Both, and the inspect command, use `get_task(cfg.task)` then `task.load(cfg.task, n_positions)`;
 see ARCHITECTURE.md for the contract.
 """
 

@@ -138,7 +138,30 @@ class Alpaca(Task):
     def build(
         self, s: dict[str, Any], source: Source, max_length: int
     ) -> tuple[dict[str, TokenizedSplit], dict[str, Any]]:
-        df = source.read()["train"]
+        df, dropped = self._clean(source.read()["train"], s)
+        plan = self._carve(df, s, source)
+        enc = get_tokenizer()
+        log.info("%s: tokenizing %d records from %s", self.name, sum(len(r) for r in plan.values()), source.description)
+        splits, info_splits, test_records = {}, {}, None
+        for split in ("train", "val", "test"):
+            part = df.iloc[plan[split]]
+            splits[split], info_splits[split], kept = self._tokenize(part, split, s, max_length, enc)
+            if split == "test":
+                test_records = part.iloc[kept][list(FIELDS)].to_dict("records")
+        info = {
+            "task": self.name,
+            "kind": self.kind,
+            "source": source.description,
+            "max_length": max_length,
+            "truncation": "right (keep the prompt and the start of the response)",
+            "prompt_style": s["prompt_style"],
+            "dropped": dropped,
+            "splits": info_splits,
+        }
+        return splits, {"info": info, "test_records": test_records}
+
+    def _clean(self, df: pd.DataFrame, s: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, int]]:
+        """String fields checked; records without instruction or output, or with too long an output, dropped."""
         for field in FIELDS:
             bad = ~df[field].map(lambda v: isinstance(v, str))
             if bad.any():
@@ -156,68 +179,49 @@ class Alpaca(Task):
             long = keep & (df["output"].str.len() >= s["max_output_chars"])
             dropped[f"output_{s['max_output_chars']}_chars_or_more"] = int(long.sum())
             keep &= ~long
-        df = df[keep].reset_index(drop=True)
-        log.info("%s: %d of %d records kept (%s)", self.name, len(df), len(keep), dropped)
-        plan = self._carve(df, s, source)
+        log.info("%s: %d of %d records kept (%s)", self.name, int(keep.sum()), len(keep), dropped)
+        return df[keep].reset_index(drop=True), dropped
 
-        enc = get_tokenizer()
-        log.info("%s: tokenizing %d records from %s", self.name, sum(len(r) for r in plan.values()), source.description)
-        splits, info_splits, test_records = {}, {}, None
-        for split in ("train", "val", "test"):
-            rows = plan[split]
-            part = df.iloc[rows]
-            prompts = [
-                format_prompt(i, x, s["prompt_style"]) for i, x in zip(part["instruction"], part["input"], strict=True)
-            ]
-            p_ids = enc.encode_ordinary_batch(prompts)
-            r_ids = enc.encode_ordinary_batch(part["output"].tolist())
-            ids, prompt_lens, kept, cut = [], [], [], 0
-            for k, (p, r) in enumerate(zip(p_ids, r_ids, strict=True)):
-                if len(p) >= max_length:
-                    continue  # no room for a single response token
-                row = p + r + [EOT_ID]
-                if len(row) > max_length:
-                    row, cut = row[:max_length], cut + 1
-                ids.append(row)
-                prompt_lens.append(len(p))
-                kept.append(k)
-            too_long = len(p_ids) - len(kept)
-            if not ids:
-                raise DataError(
-                    f"every {split} prompt is at least max_length={max_length} tokens; raise task.max_length "
-                    "(and use a model with a longer context)"
-                )
-            splits[split] = TokenizedSplit.from_rows(ids, prompt_lens=prompt_lens, mask_prompt=s["mask_prompt"])
-            has_input = part["input"].str.strip().to_numpy()[kept] != ""
-            info_splits[split] = {
-                "rows": len(ids),
-                "truncated": cut,
-                "dropped": {"prompt_fills_max_length": too_long},
-                "with_input": int(has_input.sum()),
-                "without_input": int((~has_input).sum()),
-            }
-            if cut or too_long:
-                log.info(
-                    "%s: %s rows cut to %d tokens: %d; dropped (prompt too long): %d",
-                    self.name,
-                    split,
-                    max_length,
-                    cut,
-                    too_long,
-                )
-            if split == "test":
-                test_records = part.iloc[kept][list(FIELDS)].to_dict("records")
+    def _tokenize(
+        self, part: pd.DataFrame, split: str, s: dict[str, Any], max_length: int, enc: Any
+    ) -> tuple[TokenizedSplit, dict[str, Any], list[int]]:
+        """One split's rows (prompt + response + end token, cut at `max_length`), its report, the records kept."""
+        prompts = [
+            format_prompt(i, x, s["prompt_style"]) for i, x in zip(part["instruction"], part["input"], strict=True)
+        ]
+        p_ids = enc.encode_ordinary_batch(prompts)
+        r_ids = enc.encode_ordinary_batch(part["output"].tolist())
+        ids, prompt_lens, kept, cut = [], [], [], 0
+        for k, (p, r) in enumerate(zip(p_ids, r_ids, strict=True)):
+            if len(p) >= max_length:
+                continue  # no room for a single response token
+            row = p + r + [EOT_ID]
+            if len(row) > max_length:
+                row, cut = row[:max_length], cut + 1
+            ids.append(row)
+            prompt_lens.append(len(p))
+            kept.append(k)
+        too_long = len(p_ids) - len(kept)
+        if not ids:
+            raise DataError(
+                f"every {split} prompt is at least max_length={max_length} tokens; raise task.max_length "
+                "(and use a model with a longer context)"
+            )
+        has_input = part["input"].str.strip().to_numpy()[kept] != ""
         info = {
-            "task": self.name,
-            "kind": self.kind,
-            "source": source.description,
-            "max_length": max_length,
-            "truncation": "right (keep the prompt and the start of the response)",
-            "prompt_style": s["prompt_style"],
-            "dropped": dropped,
-            "splits": info_splits,
+            "rows": len(ids),
+            "truncated": cut,
+            "dropped": {"prompt_fills_max_length": too_long},
+            "with_input": int(has_input.sum()),
+            "without_input": int((~has_input).sum()),
         }
-        return splits, {"info": info, "test_records": test_records}
+        if cut or too_long:
+            log.info(
+                "%s: %s rows cut to %d tokens: %d; dropped (prompt too long): %d",
+                self.name, split, max_length, cut, too_long,
+            )  # fmt: skip
+        split_rows = TokenizedSplit.from_rows(ids, prompt_lens=prompt_lens, mask_prompt=s["mask_prompt"])
+        return split_rows, info, kept
 
     def _carve(self, df: pd.DataFrame, s: dict[str, Any], source: Source) -> dict[str, np.ndarray]:
         """Test: half with an input, half without; then validation and train at random, all from one seed."""

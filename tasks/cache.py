@@ -3,8 +3,8 @@
 An entry is two files under ``<cache_dir>/tokens/``: ``<task>-<key>.npz`` (the split arrays) and ``.json`` (the
 load report and, for alpaca, the raw test records). The key hashes everything that changes the tokens: the data
 (file contents or hub commit), the tokenizer, the prompt template, the effective max length, split sizes, seed and
-every other task setting. Writes go to a temporary file first and are renamed into place, so trials running in
-parallel never read half an entry.
+every other task setting. Writes are atomic (`common.files`), so trials running in parallel never read half an
+entry.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.files import atomic_open, write_atomic
 from tasks.batching import TokenizedSplit
 
 log = logging.getLogger(__name__)
@@ -43,24 +43,13 @@ def entry_path(cache_dir: str | Path | None, task: str, key: str) -> Path:
     return Path(cache_dir or default_cache_dir()).expanduser() / "tokens" / f"{task}-{key[:20]}"
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(entry: Path, splits: dict[str, TokenizedSplit], meta: dict[str, Any]) -> None:
     """Store the splits and their metadata (JSON-serialisable) at `entry`."""
     arrays = {f"{name}.{k}": v for name, split in splits.items() for k, v in split.arrays().items()}
-    _write_atomic(entry.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
+    with atomic_open(entry.with_suffix(".npz"), binary=True) as f:
+        np.savez(f, **arrays)
     # the JSON is written last: its presence marks a complete entry
-    _write_atomic(entry.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    write_atomic(entry.with_suffix(".json"), json.dumps(meta, indent=1).encode())
 
 
 def load(entry: Path) -> tuple[dict[str, TokenizedSplit], dict[str, Any]] | None:

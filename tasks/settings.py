@@ -13,8 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tasks.optim import OPTIMIZERS, SCHEDULES
-from tasks.runtime import DEVICES, PRECISIONS
+from tasks.train.optim import OPTIMIZERS, SCHEDULES
+from tasks.train.runtime import DEVICES, PRECISIONS
 
 LORA_TARGETS = ("qkv", "attn_proj", "fc", "mlp_proj")
 FINETUNE_MODES = ("full", "lora")

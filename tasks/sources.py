@@ -193,13 +193,38 @@ def hub_source(
         subdir: only files under this folder of the repo (a dataset config such as ``plain_text``).
         path_hint: what to set ``task.path`` to instead, for the offline error.
     """
+    revision = revision or "main"
+    where = f"{repo_id}@{revision}"
+    folder = _snapshot(repo_id, revision, subdir, path_hint)
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.rglob("*.parquet")):
+        split = _split_of(path, list(splits.values()))
+        if split is not None:
+            found.setdefault(split, []).append(path)
+    missing = [hub for hub in splits.values() if hub not in found]
+    if missing:
+        names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet"))
+        raise DataError(
+            f"dataset {where} must have parquet files for splits {list(splits.values())}, but got none for "
+            f"{missing} among {names or 'no parquet files'}"
+        )
+    commit = folder.name
+    files = {ours: found[hub] for ours, hub in splits.items()}
+    listing = ",".join(f"{s}:{p.relative_to(folder)}" for s in sorted(files) for p in files[s])
+    fingerprint = f"hub:{repo_id}@{commit}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+    return Source(
+        description=f"hub {repo_id}@{commit[:12]}", fingerprint=fingerprint, files=files, reader=reader, kind="hub"
+    )
+
+
+def _snapshot(repo_id: str, revision: str, subdir: str | None, path_hint: str) -> Path:
+    """The local folder of the dataset's parquet files (the cache, else a download); a `DataError` saying how on."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    revision = revision or "main"
     where = f"{repo_id}@{revision}"
     try:
-        folder = Path(
+        return Path(
             snapshot_download(
                 repo_id,
                 repo_type="dataset",
@@ -220,22 +245,3 @@ def hub_source(
         raise DataError(
             f"dataset {where} could not be fetched from the Hugging Face hub: {e}".splitlines()[0]
         ) from None
-    found: dict[str, list[Path]] = {}
-    for path in sorted(folder.rglob("*.parquet")):
-        split = _split_of(path, list(splits.values()))
-        if split is not None:
-            found.setdefault(split, []).append(path)
-    missing = [hub for hub in splits.values() if hub not in found]
-    if missing:
-        names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet"))
-        raise DataError(
-            f"dataset {where} must have parquet files for splits {list(splits.values())}, but got none for "
-            f"{missing} among {names or 'no parquet files'}"
-        )
-    commit = folder.name
-    files = {ours: found[hub] for ours, hub in splits.items()}
-    listing = ",".join(f"{s}:{p.relative_to(folder)}" for s in sorted(files) for p in files[s])
-    fingerprint = f"hub:{repo_id}@{commit}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
-    return Source(
-        description=f"hub {repo_id}@{commit[:12]}", fingerprint=fingerprint, files=files, reader=reader, kind="hub"
-    )

@@ -18,9 +18,10 @@ from omegaconf import OmegaConf
 from model import GPT
 from model.gpt2 import GPTConfig
 from tasks.alpaca import format_prompt
-from tasks.generation import GENERATIONS_FILE, cut_response, generate_responses, read_jsonl
-from tasks.judge import JUDGE_FILE, evaluate_generations
-from tasks.judge_settings import GenerationSettings
+from tasks.judge import evaluate_generations
+from tasks.judge.generation import GENERATIONS_FILE, cut_response, generate_responses, read_jsonl
+from tasks.judge.scoring import JUDGE_FILE
+from tasks.judge.settings import GenerationSettings
 from tasks.tokenizer import EOT_ID, get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

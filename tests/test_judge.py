@@ -17,16 +17,10 @@ import pytest
 from fake_gemini import FakeGemini, Request, error, reply
 from omegaconf import DictConfig, OmegaConf
 
-from tasks.judge import (
-    JUDGE_FILE,
-    SUMMARY_FILE,
-    JudgeUnavailableError,
-    format_judge_input,
-    judge_preflight,
-    main,
-    score_generations,
-)
-from tasks.judge_settings import JudgeConfigError, JudgeSettings
+from tasks.judge import JudgeUnavailableError, judge_preflight
+from tasks.judge.cli import main
+from tasks.judge.scoring import JUDGE_FILE, SUMMARY_FILE, format_judge_input, score_generations
+from tasks.judge.settings import JudgeConfigError, JudgeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-9f3c2b1e7a5d"  # unique, so a leak into any file is findable

@@ -6,14 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.judge_cache import JudgeCache, cache_key
+from tasks.judge.cache import JudgeCache, cache_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITER = """
 import sys
 from pathlib import Path
-from tasks.judge_cache import JudgeCache, cache_key
+from tasks.judge.cache import JudgeCache, cache_key
 worker, n = sys.argv[2], int(sys.argv[3])
 with JudgeCache(Path(sys.argv[1])) as cache:
     for i in range(n):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.text_metrics import exact_match, lcs_length, normalize_answer, rouge_l_f1, rouge_tokens
+from tasks.judge.text_metrics import exact_match, lcs_length, normalize_answer, rouge_l_f1, rouge_tokens
 
 # (prediction, reference, rouge-score's rougeL fmeasure)
 REFERENCE_VALUES = [

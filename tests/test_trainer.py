@@ -12,9 +12,11 @@ import pytest
 import torch
 from helpers import run_sweep_py
 
-from tasks.optim import lr_at
-from tasks.runtime import resolve_runtime
-from tasks.trainer import _loss_tokens, build_model, evaluate, fit, run_trial, train_step
+from tasks.train.build import build_model
+from tasks.train.loop import _loss_tokens, evaluate, fit, train_step
+from tasks.train.optim import lr_at
+from tasks.train.runtime import resolve_runtime
+from tasks.train.trial import run_trial
 
 METRICS_FIELDS = {
     "objective", "metrics", "summary", "train_curve", "val_curve", "wall_time_s", "tokens_per_s", "peak_memory_mb",
@@ -107,8 +109,8 @@ def _snapshot(model):
 def test_lora_with_frozen_blocks_trains_only_adapters_and_head(compose_cfg, sms_args):
     from model import PRESETS  # noqa: F401  (the tiny preset has 2 blocks)
     from tasks import get_task
-    from tasks.optim import build_optimizer
-    from tasks.trainer import FitState
+    from tasks.train.loop import FitState
+    from tasks.train.optim import build_optimizer
 
     cfg = compose_cfg(*sms_args, "finetune=lora", "freeze.blocks=1", "trainer.max_steps=6", "trainer.batch_size=8")
     runtime = resolve_runtime("cpu", "fp32")

@@ -24,7 +24,7 @@ from sweeper import current_trial
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised like tasks.trainer's: a NaN/inf loss ends the trial as FAIL."""
+    """Raised like the trainer's (tasks.train.errors): a NaN/inf loss ends the trial as FAIL."""
 
 
 def suggest_y(cfg: DictConfig, trial: optuna.Trial) -> None:

@@ -17,6 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import tenacity
+
+from common.retry import retrying
+
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "judge_cache.sqlite"
@@ -88,11 +92,9 @@ class JudgeCache:
     @staticmethod
     def _retry_locked(action: Callable[[], object], attempts: int = 20) -> None:
         """Retry an action that lost a race for the file's write lock (schema creation, WAL switch)."""
-        for attempt in range(attempts):
-            try:
-                action()
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == attempts - 1:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        waits = tenacity.wait_incrementing(start=0.05, increment=0.05)  # 0.05 s, 0.10 s, 0.15 s...
+        retrying(_locked, waits, attempts=attempts)(action)
+
+
+def _locked(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)

@@ -119,7 +119,7 @@ def peak_rss_mb() -> float:
 
 def code_version() -> str:
     """The git commit of the project (with `-dirty` when there are local changes), else the package version."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from tasks.judge_settings import GenerationSettings
+from common.files import atomic_open
+from tasks.judge.settings import GenerationSettings
 from tasks.tokenizer import EOT_ID, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -90,17 +91,48 @@ def generate_responses(
 
     `prompt_style` is the task's (`task.prompt_style`), so the model sees the prompt it was trained on.
     """
+    check_records(records)
+    n_positions = int(getattr(getattr(model, "config", None), "n_positions", 1024))
+    prompts = _encode_prompts(records, prompt_style, settings.max_new_tokens, n_positions)
+    was_training = model.training
+    model.eval()
+    try:
+        continuations = _generate(model, prompts, settings, device)
+    finally:
+        model.train(was_training)
+    rows = [
+        {
+            "index": i,
+            "instruction": record["instruction"],
+            "input": record["input"],
+            "output": record["output"],
+            "response": continuations[i].text,
+            "simple": bool(record["input"].strip()),
+            "prompt_style": prompt_style,
+            "prompt_tokens": len(prompts[i]),
+            "response_tokens": continuations[i].n_tokens,
+            "stop_reason": continuations[i].stop_reason,
+        }
+        for i, record in enumerate(records)
+    ]
+    reasons = {r: sum(row["stop_reason"] == r for row in rows) for r in ("eos", "instruction_header", "max_new_tokens")}
+    log.info("generated %d responses (stops: %s)", len(rows), ", ".join(f"{k} {v}" for k, v in reasons.items()))
+    return rows
+
+
+def _encode_prompts(
+    records: Sequence[Mapping[str, Any]], prompt_style: str, max_new_tokens: int, n_positions: int
+) -> list[list[int]]:
+    """The records' prompts as tokens; one longer than the context less the new tokens keeps its end."""
     from tasks.alpaca import format_prompt  # the task owns the template
 
-    check_records(records)
-    tokenizer = get_tokenizer()
-    n_positions = int(getattr(getattr(model, "config", None), "n_positions", 1024))
-    budget = n_positions - settings.max_new_tokens
+    budget = n_positions - max_new_tokens
     if budget < 1:
         raise ValueError(
             f"`judge.generation.max_new_tokens < n_positions` must hold, but got "
-            f"max_new_tokens={settings.max_new_tokens}, n_positions={n_positions}"
+            f"max_new_tokens={max_new_tokens}, n_positions={n_positions}"
         )
+    tokenizer = get_tokenizer()
     prompts = [
         tokenizer.encode(format_prompt(r["instruction"], r["input"], prompt_style), disallowed_special=())
         for r in records
@@ -109,54 +141,36 @@ def generate_responses(
     if truncated:
         log.warning("%d prompts longer than %d tokens keep their last %d tokens", truncated, budget, budget)
         prompts = [p[-budget:] for p in prompts]
-    stop_sequences = [tokenizer.encode(STOP_HEADER)]
+    return prompts
 
+
+def _generate(
+    model: torch.nn.Module, prompts: list[list[int]], settings: GenerationSettings, device: torch.device | str
+) -> dict[int, Continuation]:
+    """Batches of similar lengths, left-padded, decoded with the KV cache; each row cut by the stop rules."""
+    tokenizer = get_tokenizer()
+    stop_sequences = [tokenizer.encode(STOP_HEADER)]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     continuations: dict[int, Continuation] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with tqdm(total=len(prompts), desc="generate", unit="prompt", dynamic_ncols=True) as bar:
-            for batch in _chunks(order, settings.batch_size):
-                input_ids, attention_mask = _left_pad([prompts[i] for i in batch], device)
-                out = model.generate(
-                    input_ids,
-                    settings.max_new_tokens,
-                    temperature=settings.temperature,
-                    top_k=settings.top_k,
-                    top_p=settings.top_p,
-                    eos_token_id=EOT_ID,
-                    attention_mask=attention_mask,
-                    stop_sequences=stop_sequences,
-                )
-                new_tokens = out[:, input_ids.shape[1] :].tolist()
-                for i, row in zip(batch, new_tokens, strict=True):
-                    row_bytes = [tokenizer.decode_single_token_bytes(t) for t in row]
-                    continuations[i] = cut_response(row, row_bytes, EOT_ID)
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
-
-    rows = []
-    for i, record in enumerate(records):
-        c = continuations[i]
-        rows.append(
-            {
-                "index": i,
-                "instruction": record["instruction"],
-                "input": record["input"],
-                "output": record["output"],
-                "response": c.text,
-                "simple": bool(record["input"].strip()),
-                "prompt_style": prompt_style,
-                "prompt_tokens": len(prompts[i]),
-                "response_tokens": c.n_tokens,
-                "stop_reason": c.stop_reason,
-            }
-        )
-    reasons = {r: sum(row["stop_reason"] == r for row in rows) for r in ("eos", "instruction_header", "max_new_tokens")}
-    log.info("generated %d responses (stops: %s)", len(rows), ", ".join(f"{k} {v}" for k, v in reasons.items()))
-    return rows
+    with tqdm(total=len(prompts), desc="generate", unit="prompt", dynamic_ncols=True) as bar:
+        for batch in _chunks(order, settings.batch_size):
+            input_ids, attention_mask = _left_pad([prompts[i] for i in batch], device)
+            out = model.generate(
+                input_ids,
+                settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                eos_token_id=EOT_ID,
+                attention_mask=attention_mask,
+                stop_sequences=stop_sequences,
+            )
+            new_tokens = out[:, input_ids.shape[1] :].tolist()
+            for i, row in zip(batch, new_tokens, strict=True):
+                row_bytes = [tokenizer.decode_single_token_bytes(t) for t in row]
+                continuations[i] = cut_response(row, row_bytes, EOT_ID)
+            bar.update(len(batch))
+    return continuations
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
@@ -177,12 +191,9 @@ def _left_pad(rows: list[list[int]], device: torch.device | str) -> tuple[torch.
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     """One JSON object per line, UTF-8, written atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_open(path, durable=True) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 

@@ -1,7 +1,7 @@
 """Ask Gemini for scores: bounded concurrency, retries that honour the server's delay, an on-disk cache.
 
-The report's evaluation took ~20 minutes for 100 items because calls ran one by one into rate limits. Here a thread
-pool keeps at most `judge.concurrency` requests in flight; a 429/408/5xx or a dropped connection is retried with
+The original report's evaluation was slow because its calls ran one by one into rate limits. Here a thread pool
+keeps at most `judge.concurrency` requests in flight; a 429/408/5xx or a dropped connection is retried with
 exponential backoff plus jitter, waiting at least what the server asks for (the `RetryInfo.retryDelay` of a Gemini
 error body, else the `Retry-After` header), up to `judge.retry.max_attempts` attempts. The SDK's own retries stay off
 (`HttpOptions.retry_options=None` means one attempt), since they ignore the server's delay and would multiply ours.
@@ -11,24 +11,23 @@ the remaining requests at once instead of retrying each of them.
 
 from __future__ import annotations
 
-import email.utils
 import importlib.util
 import logging
-import random
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from google import genai
 from google.genai import errors, types
+from tenacity import RetryCallState
 from tqdm.auto import tqdm
 
-from tasks.judge_cache import JudgeCache, cache_key
-from tasks.judge_settings import JudgeSettings
+from common.retry import Backoff, retry_after_seconds, retrying
+from tasks.judge.cache import JudgeCache, cache_key
+from tasks.judge.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +69,7 @@ def server_retry_delay(exc: errors.APIError) -> float | None:
             if delay is not None:
                 return delay
     headers = getattr(exc.response, "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return retry_after_seconds(headers.get("retry-after") if headers is not None else None)
 
 
 def _duration_seconds(value: Any) -> float | None:
@@ -93,6 +82,33 @@ def _duration_seconds(value: Any) -> float | None:
     if isinstance(value, dict):
         return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
     return None
+
+
+class _NotSent(Exception):
+    """Another call already stopped the judge: this one is not sent."""
+
+
+def _retryable(error: BaseException) -> bool:
+    """A 429/408/5xx or a dropped connection; any other error is the item's answer at once."""
+    if isinstance(error, errors.APIError):
+        return error.code in RETRYABLE_CODES
+    return isinstance(error, _TRANSPORT_ERRORS)
+
+
+def _server_hint(error: BaseException) -> float | None:
+    return server_retry_delay(error) if isinstance(error, errors.APIError) else None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, errors.APIError):
+        return f"HTTP {error.code} {error.status or ''}: {error.message or ''}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.debug("judge call attempt %d failed (%s); retrying in %.2fs", state.attempt_number, _describe(error), delay)
 
 
 @dataclass(frozen=True)
@@ -170,54 +186,61 @@ class GeminiJudge:
         return [[results[(i, r)] for r in range(repeats)] for i in range(len(prompts))]
 
     def _call(self, prompt: str, repeat: int, key: str) -> JudgeReply:
-        """One call with retries; stores a returned reply in the cache."""
+        """One call with retries (`common.retry`); stores a returned reply in the cache."""
         retry = self.settings.retry
-        message = ""
-        for attempt in range(1, retry.max_attempts + 1):
-            if self._stop.is_set():
-                return JudgeReply(None, None, f"not sent: {self.unavailable_reason}", False, attempt - 1)
-            self._pace()
-            server_delay: float | None = None
-            try:
-                response = self._client.models.generate_content(
-                    model=self.settings.model, contents=prompt, config=self._config
-                )
-            except errors.APIError as exc:
-                message = f"HTTP {exc.code} {exc.status or ''}: {exc.message or ''}".strip()
-                if exc.code not in RETRYABLE_CODES:
-                    if exc.code in FATAL_CODES:
-                        self._give_up(message)
-                    return JudgeReply(None, None, message, False, attempt)
-                server_delay = server_retry_delay(exc)
-                if server_delay is not None and server_delay > retry.max_delay_s:
-                    self._give_up(
-                        f"{message}; the server asks to wait {server_delay:.0f}s, more than "
-                        f"judge.retry.max_delay_s={retry.max_delay_s:g} (quota spent?)"
-                    )
-                    return JudgeReply(None, None, message, False, attempt)
-            except _TRANSPORT_ERRORS as exc:
-                message = f"{type(exc).__name__}: {exc}"
-                if attempt == retry.max_attempts:
-                    self._give_up(f"unreachable after {attempt} attempts ({message})")
-            else:
-                text = response.text or ""
-                if self.cache is not None:
-                    self.cache.put(key, self.settings.model, repeat, text)
-                return JudgeReply(parse_score(text), text, None, False, attempt)
-            if attempt < retry.max_attempts:
-                delay = self._backoff(attempt, server_delay)
-                log.debug("judge call attempt %d failed (%s); retrying in %.2fs", attempt, message, delay)
-                self._stop.wait(delay)
-        return JudgeReply(None, None, f"gave up after {retry.max_attempts} attempts: {message}", False, attempt)
+        tries = 0
 
-    def _backoff(self, attempt: int, server_delay: float | None) -> float:
-        """initial·base^(n-1) + jitter, capped; never shorter than the server's delay (plus jitter)."""
+        def send() -> str:
+            nonlocal tries
+            if self._stop.is_set():
+                raise _NotSent
+            tries += 1
+            self._pace()
+            response = self._client.models.generate_content(
+                model=self.settings.model, contents=prompt, config=self._config
+            )
+            return response.text or ""
+
+        backoff = Backoff(
+            initial_s=retry.initial_delay_s,
+            max_s=retry.max_delay_s,
+            exp_base=retry.exp_base,
+            jitter_s=retry.jitter_s,
+            hint=_server_hint,
+        )
+        attempts = retrying(
+            _retryable, backoff, attempts=retry.max_attempts, sleep=self._stop.wait, before_sleep=_log_retry
+        )
+        try:
+            text = attempts(send)
+        except _NotSent:
+            return JudgeReply(None, None, f"not sent: {self.unavailable_reason}", False, tries)
+        except errors.APIError as exc:
+            return JudgeReply(None, None, self._api_failure(exc), False, tries)
+        except _TRANSPORT_ERRORS as exc:
+            message = _describe(exc)
+            self._give_up(f"unreachable after {tries} attempts ({message})")
+            return JudgeReply(None, None, f"gave up after {retry.max_attempts} attempts: {message}", False, tries)
+        if self.cache is not None:
+            self.cache.put(key, self.settings.model, repeat, text)
+        return JudgeReply(parse_score(text), text, None, False, tries)
+
+    def _api_failure(self, exc: errors.APIError) -> str:
+        """The item's error for an API error the retries ended on; stops every call when no other could succeed."""
         retry = self.settings.retry
-        jitter = random.uniform(0.0, retry.jitter_s)
-        delay = min(retry.max_delay_s, retry.initial_delay_s * retry.exp_base ** (attempt - 1) + jitter)
-        if server_delay is not None:
-            delay = max(delay, server_delay + jitter)
-        return delay
+        message = _describe(exc)
+        if exc.code not in RETRYABLE_CODES:
+            if exc.code in FATAL_CODES:
+                self._give_up(message)
+            return message
+        server_delay = server_retry_delay(exc)
+        if server_delay is not None and server_delay > retry.max_delay_s:
+            self._give_up(
+                f"{message}; the server asks to wait {server_delay:.0f}s, more than "
+                f"judge.retry.max_delay_s={retry.max_delay_s:g} (quota spent?)"
+            )
+            return message
+        return f"gave up after {retry.max_attempts} attempts: {message}"
 
     def _pace(self) -> None:
         """Space request starts `60 / requests_per_minute` seconds apart when a pace is set."""

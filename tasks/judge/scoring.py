@@ -1,12 +1,10 @@
-"""Instruction evaluation for alpaca: generate responses, score them with free metrics and a Gemini judge.
+"""Scoring alpaca generations: free text metrics (ROUGE-L, exact match) and, when enabled, the Gemini judge.
 
-The trainer calls `evaluate_generations` at the end of an alpaca trial; users re-score an old run folder with
-
-    python -m tasks.judge RUN_DIR [judge.model=... judge.repeats=3 ...]
-
-Outputs in the run folder: `generations.jsonl` (one response per test record), `judge.jsonl` (per item: the k
-scores and raw replies, mean, std, failures, ROUGE-L, exact match) and `judge_summary.json` (the summary, the
-prompt template and its sha256, the settings). The summary's keys go into metrics.json's `metrics`.
+`evaluate_generations` is what a trial calls at its end; `score_generations` scores existing generations (also for
+`python -m tasks.judge RUN_DIR`, see `tasks.judge.cli`). Outputs in the run folder: `generations.jsonl` (one
+response per test record), `judge.jsonl` (per item: the k scores and raw replies, mean, std, failures, ROUGE-L,
+exact match) and `judge_summary.json` (the summary, the prompt template and its sha256, the settings). The
+summary's keys go into metrics.json's `metrics`.
 """
 
 from __future__ import annotations
@@ -15,49 +13,27 @@ import json
 import logging
 import math
 import statistics
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from tasks.generation import GENERATIONS_FILE, generate_responses, read_jsonl, write_jsonl
-from tasks.judge_cache import JudgeCache
-from tasks.judge_client import GeminiJudge, JudgeReply
-from tasks.judge_settings import (
-    API_KEY_ENV_VARS,
-    JudgeConfigError,
-    JudgeSettings,
-    JudgeUnavailableError,
-    api_key_from_env,
-)
-from tasks.text_metrics import exact_match, rouge_l_f1
+from common.files import write_atomic
+from tasks.judge.cache import JudgeCache
+from tasks.judge.generation import GENERATIONS_FILE, generate_responses, write_jsonl
+from tasks.judge.settings import API_KEY_ENV_VARS, JudgeSettings, JudgeUnavailableError, api_key_from_env
+from tasks.judge.text_metrics import exact_match, rouge_l_f1
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from tasks.judge.client import JudgeReply
+
+# the package's logger: the judge's summary and warnings come from "tasks.judge", whichever module writes them
+log = logging.getLogger("tasks.judge")
 
 JUDGE_FILE = "judge.jsonl"
 SUMMARY_FILE = "judge_summary.json"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "judge" / "gemini.yaml"
-USAGE = """usage: python -m tasks.judge RUN_DIR [judge.<key>=<value> ...]
-
-Re-score RUN_DIR/generations.jsonl with the LLM judge; writes judge.jsonl and judge_summary.json into RUN_DIR and
-updates metrics.json's `metrics` there. Settings: the run's own judge config (metrics.json), else
-conf/judge/gemini.yaml, then the overrides, e.g. judge.model=gemini-flash-latest judge.repeats=3.
-The key comes from GOOGLE_API_KEY or GEMINI_API_KEY."""
-
-__all__ = [
-    "JUDGE_FILE",
-    "SUMMARY_FILE",
-    "JudgeConfigError",
-    "JudgeUnavailableError",
-    "evaluate_generations",
-    "format_judge_input",
-    "judge_preflight",
-    "score_generations",
-]
 
 
 def judge_preflight(judge_cfg: DictConfig | Mapping[str, Any], *, objective_needs_judge: bool) -> JudgeSettings:
@@ -145,7 +121,7 @@ def score_generations(
         log.warning("LLM judge %s; the run keeps perplexity, ROUGE-L and exact match", status)
     log.info(
         "judge summary: %s (files: %s, %s in %s)",
-        ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items() if k != "judge_prompt_sha256"),
+        ", ".join(f"{k}={fmt(v)}" for k, v in summary.items() if k != "judge_prompt_sha256"),
         JUDGE_FILE, SUMMARY_FILE, run_dir,
     )  # fmt: skip
     return summary
@@ -169,6 +145,8 @@ def _run_judge(rows: Sequence[Mapping[str, Any]], settings: JudgeSettings) -> tu
         )
         for row in rows
     ]
+    from tasks.judge.client import GeminiJudge  # google-genai loads only when the judge runs
+
     cache = JudgeCache(settings.cache_dir) if settings.cache else None
     judge = GeminiJudge(settings, api_key_from_env() or "", cache)
     try:
@@ -262,91 +240,8 @@ def _write_summary(path: Path, summary: Mapping[str, Any], settings: JudgeSettin
             "generation": vars(settings.generation),
         },
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n", durable=True)
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
-
-
-# --- the re-scoring command ------------------------------------------------------------------------------------
-
-
-def load_judge_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
-    """The run's own `judge` node (from metrics.json's resolved config), else conf/judge/gemini.yaml; then overrides."""
-    metrics_path = run_dir / "metrics.json"
-    base: Any = None
-    if metrics_path.is_file():
-        base = (json.loads(metrics_path.read_text(encoding="utf-8")).get("config") or {}).get("judge")
-    if base is None:
-        defaults = OmegaConf.load(DEFAULT_CONFIG)
-        defaults.cache_dir = None  # resolved by JudgeSettings: $LORASWEEP_CACHE_DIR/judge or ./.cache/judge
-        base = defaults
-    cfg = OmegaConf.create(base)
-    cfg.enabled = True  # asking for a re-score is asking for the judge, whatever the run was set to
-    OmegaConf.set_struct(cfg, True)
-    dotlist = []
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key.startswith("judge."):
-            raise ValueError(f"overrides must look like judge.<key>=<value>, but got {item!r}")
-        dotlist.append(item.removeprefix("judge."))
-    try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        name = f"judge.{getattr(exc, 'full_key', None) or '?'}"
-        raise ValueError(f"overrides must name existing judge keys {sorted(cfg.keys())}, but got {name}") from exc
-
-
-def rescore_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float | int | str]:
-    """Re-score RUN_DIR/generations.jsonl; write judge.jsonl + judge_summary.json, update metrics.json's metrics."""
-    run_dir = Path(run_dir)
-    generations = run_dir / GENERATIONS_FILE
-    if not generations.is_file():
-        raise FileNotFoundError(
-            f"RUN_DIR must hold {GENERATIONS_FILE} from an alpaca trial, but got run_dir={str(run_dir)!r} without it"
-        )
-    settings = judge_preflight(load_judge_config(run_dir, overrides), objective_needs_judge=True)
-    rows = read_jsonl(generations)
-    if not rows:
-        raise ValueError(f"{generations} must hold at least one generation, but got an empty file")
-    summary = score_generations(rows, settings, run_dir, objective_needs_judge=True)
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        data = json.loads(metrics_path.read_text(encoding="utf-8"))
-        metrics = {k: v for k, v in (data.get("metrics") or {}).items() if not k.startswith("judge_")}
-        metrics.update(summary)
-        data["metrics"] = metrics
-        tmp = metrics_path.with_name("metrics.json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(metrics_path)
-    return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tasks.judge RUN_DIR [judge.key=value ...]`."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stdout if args else sys.stderr)
-        return 0 if args else 2
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-    run_dir = Path(args[0])
-    try:
-        summary = rescore_run(run_dir, args[1:])
-    except (ValueError, FileNotFoundError, JudgeUnavailableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(
-        f"judge {summary['judge_model']}: mean {_fmt(summary.get('judge_mean'))} ± {_fmt(summary.get('judge_std'))} "
-        f"over {summary['judge_n_scored']} scores ({summary['judge_n_failed']} failed), "
-        f"ROUGE-L {_fmt(summary['rouge_l'])}; wrote {run_dir / JUDGE_FILE} and {run_dir / SUMMARY_FILE}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

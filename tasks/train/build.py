@@ -1,0 +1,55 @@
+"""The model a trial's config asks for: pretrained or random GPT-2, LoRA adapters, frozen blocks, on the device."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from omegaconf import DictConfig
+
+from tasks.train.runtime import Runtime
+
+if TYPE_CHECKING:
+    from model import GPTConfig
+
+
+def model_preset(cfg: DictConfig) -> GPTConfig:
+    """The size preset of `cfg.model` (n_layer, n_positions...), known before any weights are read."""
+    from model import GPTConfig
+
+    return GPTConfig.from_preset(cfg.model.preset)
+
+
+def build_model(cfg: DictConfig, num_classes: int | None, runtime: Runtime) -> torch.nn.Module:
+    """The model a trial trains: pretrained or random GPT-2, LoRA adapters, frozen blocks, on the device."""
+    from model import GPT, GPTConfig, apply_lora, freeze_blocks
+    from model.allocator import maybe_tune_malloc
+
+    if runtime.device.type == "cpu":
+        maybe_tune_malloc()  # opt-in (LORASWEEP_MALLOC=tuned): see model/allocator.py and BENCHMARKS.md
+    m = cfg.model
+    if m.pretrained:
+        if not m.hub_id:
+            raise ValueError(f"model.pretrained=true needs model.hub_id, but got model.hub_id={m.hub_id!r}")
+        model = GPT.from_pretrained(m.hub_id, num_classes=num_classes, revision=m.revision, dropout=m.dropout)
+    else:
+        model = GPT(GPTConfig.from_preset(m.preset, dropout=m.dropout, num_classes=num_classes))
+    if cfg.finetune.mode == "lora":
+        lora = cfg.lora
+        apply_lora(
+            model,
+            rank=lora.rank,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            targets=tuple(lora.targets),
+            rslora=lora.rslora,
+        )
+    freeze_blocks(model, cfg.freeze.blocks)
+    if cfg.trainer.grad_checkpointing:
+        model.set_gradient_checkpointing(True)
+    model.to(runtime.device)
+    if cfg.trainer.compile:
+        # compile the two entry points the tasks call; the module itself stays a plain GPT for checkpoints
+        model.forward = torch.compile(model.forward)
+        model.lm_loss = torch.compile(model.lm_loss)
+    return model

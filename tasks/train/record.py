@@ -1,0 +1,157 @@
+"""What a trial leaves behind: metrics.json in its run folder, the same content as the sweep trial's attributes.
+
+ARCHITECTURE.md lists metrics.json's fields. A pruned trial records what it measured before it stopped; a trial
+whose effective config matches a finished one (`tasks.settings.config_fingerprint`) records that one's result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from common.files import write_atomic
+from tasks.settings import config_fingerprint
+from tasks.train.loop import FitState
+from tasks.train.objective import Objective
+from tasks.train.runtime import PeakMemory, Runtime, code_version
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception:  # an interpolation that only resolves inside a Hydra run (e.g. ${hydra:...})
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def write_metrics(out: Path, result: Mapping[str, Any], trial: Any) -> None:
+    """metrics.json into the run folder (atomically, synced to disk), then onto the sweep trial when there is one."""
+    write_atomic(out / METRICS_FILE, json.dumps(result, indent=2, default=str) + "\n", durable=True)
+    if trial is not None:
+        trial.set_metrics(result)
+
+
+def summary(cfg: DictConfig) -> dict[str, Any]:
+    """The knobs the analysis groups trials by."""
+    lora = cfg.finetune.mode == "lora"
+    tr = cfg.trainer
+    return {
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "finetune": cfg.finetune.mode,
+        "lora_rank": cfg.lora.rank if lora else None,
+        "lora_alpha": cfg.lora.alpha if lora else None,
+        "freeze_blocks": cfg.freeze.blocks,
+        "optimizer": cfg.optim.name,
+        "lr": cfg.optim.lr,
+        "schedule": cfg.schedule.name,
+        "warmup_ratio": cfg.schedule.warmup_ratio,
+        "batch_size": tr.batch_size,
+        "grad_accum": tr.grad_accum,
+        "epochs": tr.epochs,
+        "max_steps": tr.max_steps,
+    }
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """Writes one trial's metrics.json and hands it to the sweep trial; knows what the trial set up."""
+
+    cfg: DictConfig
+    runtime: Runtime
+    out: Path
+    started: float
+    memory: PeakMemory
+    params: tuple[int, int]  # trainable, total
+    data_info: Mapping[str, Any]
+    trial: Any  # the sweep trial, or None
+
+    def pruned(self, state: FitState) -> dict[str, Any]:
+        """Keep what a pruned trial measured (curves, memory, throughput); the objective block stays empty."""
+        result = self.payload(state, dict(state.best_metrics), status="pruned")
+        write_metrics(self.out, result, self.trial)
+        return result
+
+    def complete(self, state: FitState, metrics: dict[str, Any], objective: Objective) -> dict[str, Any]:
+        """The finished trial's record, with its objective value(s)."""
+        result = self.payload(state, metrics, status="complete")
+        flat = {**metrics, **{k: v for k, v in result.items() if not isinstance(v, (dict, list))}}
+        result["objective"] = objective.block(flat)
+        write_metrics(self.out, result, self.trial)
+        return result
+
+    def payload(self, state: FitState, metrics: dict[str, Any], *, status: str) -> dict[str, Any]:
+        """The metrics.json content (ARCHITECTURE.md); the objective block is empty here."""
+        trainable, total = self.params
+        return {
+            "status": status,
+            "objective": {},
+            "metrics": metrics,
+            "summary": summary(self.cfg),
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_pct": 100.0 * trainable / total,
+            "peak_memory_mb": self.memory.megabytes(),
+            "peak_memory_source": self.memory.source,
+            "wall_time_s": time.perf_counter() - self.started,
+            "train_time_s": state.train_time_s,
+            "train_tokens": state.train_tokens,
+            "tokens_per_s": state.train_tokens / state.train_time_s if state.train_time_s else None,
+            "steps": state.step,
+            "stopped_early": state.stopped_early,
+            "device": str(self.runtime.device),
+            "precision": self.runtime.precision,
+            "seed": self.cfg.trainer.seed,
+            "run_dir": str(self.out),
+            "code_version": code_version(),
+            "config_fingerprint": config_fingerprint(self.cfg),
+            "data": dict(self.data_info),
+            "train_curve": state.train_curve,
+            "val_curve": state.val_curve,
+            "config": resolved_config(self.cfg),
+        }
+
+
+def reuse(twin: Any, trial: Any, out: Path, started: float) -> dict[str, Any]:
+    """Record an equivalent finished trial's result as this trial's, without training (see `config_fingerprint`)."""
+    source = Path(str(twin.user_attrs.get("run_dir", ""))) / METRICS_FILE
+    if source.is_file():
+        result = json.loads(source.read_text())
+    else:  # the twin ran on another machine: what the study holds is what is known
+        values = twin.values if len(twin.values) > 1 else twin.values[0]
+        result = {**twin.user_attrs, "objective": {"name": twin.user_attrs.get("objective_name"), "value": values}}
+    result.update(status="duplicate", duplicate_of=twin.number, run_dir=str(out))
+    result["reuse_time_s"] = time.perf_counter() - started
+    write_metrics(out, result, trial)
+    log.info(
+        "trial %d has the same effective config as finished trial %d: its result is reused, nothing trained → %s",
+        trial.number, twin.number, out / METRICS_FILE,
+    )  # fmt: skip
+    return result
+
+
+def log_done(result: Mapping[str, Any], objective: Objective, out: Path) -> None:
+    """The trial's one-line summary."""
+    value = result["objective"]["value"]
+    values = value if isinstance(value, list) else [value]
+    log.info(
+        "trial done: %s (best step %s of %d) · %.2f%% trainable · peak %.0f MB · %.0f tokens/s · %.1fs → %s",
+        ", ".join(f"{n}={v:.4g}" for n, v in zip(objective.names, values, strict=True)),
+        result["metrics"]["best_step"],
+        result["steps"],
+        result["trainable_pct"],
+        result["peak_memory_mb"],
+        result["tokens_per_s"] or 0,
+        result["wall_time_s"],
+        out / METRICS_FILE,
+    )
