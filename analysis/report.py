@@ -17,6 +17,7 @@ import optuna
 
 from analysis.load import ReportInputError, export, load_studies, open_storage, redact, trials_frame
 from analysis.sections import FIGURES, Sections
+from analysis.verdicts import Margin
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +30,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage", required=True, help="study storage URL, e.g. sqlite:///sweeps.db")
     parser.add_argument("--study", action="append", default=[], help="a study name (repeatable; default: all)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<study or all>)")
+    parser.add_argument(
+        "--margin-points",
+        type=float,
+        default=Margin.points,
+        help="'matches' margin for objectives on a 0-1 scale (accuracy, macro-F1, ROUGE-L); 0.01 = 1 point",
+    )
+    parser.add_argument(
+        "--margin-relative",
+        type=float,
+        default=Margin.relative,
+        help="'matches' margin for other objectives, as a fraction of full fine-tuning's value (0.02 = 2%%)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the final summary")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("margin_points", "margin_relative"):
+        value = getattr(args, name)
+        if not value >= 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, but got --{name.replace('_', '-')}={value}")
+    return args
 
 
-def write_report(storage_url: str, study_names: list[str], out: Path) -> dict[str, object]:
+def write_report(
+    storage_url: str, study_names: list[str], out: Path, margin: Margin | None = None
+) -> dict[str, object]:
     """Build every output of the report in `out`; returns what was written (paths and counts).
 
     Raises:
@@ -46,7 +66,8 @@ def write_report(storage_url: str, study_names: list[str], out: Path) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     data = export(df, out)
     title = "LoRA vs full fine-tuning: " + (", ".join(study_names) if study_names else "all studies")
-    doc = Sections(df, studies, out, title).build()
+    sections = Sections(df, studies, out, title, margin)
+    doc = sections.build()
     doc.paragraph(f"Source: {redact(storage_url)}. Trial data: trials.csv, trials.parquet (one row per trial).")
     markdown, page = out / "report.md", out / "report.html"
     markdown.write_text(doc.to_markdown(), encoding="utf-8")
@@ -58,6 +79,8 @@ def write_report(storage_url: str, study_names: list[str], out: Path) -> dict[st
         "figures": [out / p for p in doc.images()],
         "n_trials": len(df),
         "n_studies": len(studies),
+        "sections": sections,
+        "studies": studies,
     }
 
 
@@ -67,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = args.out or Path("reports") / ("_".join(args.study) if args.study else "all")
     try:
-        written = write_report(args.storage, args.study, out)
+        margin = Margin(points=args.margin_points, relative=args.margin_relative)
+        written = write_report(args.storage, args.study, out, margin)
     except ReportInputError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(
