@@ -130,3 +130,31 @@ def unpaired_line(task: str, model: str, mode: str) -> str:
     other = "full fine-tuning" if mode == "lora" else "LoRA"
     only = "LoRA" if mode == "lora" else "full fine-tuning"
     return f"{task} · {model}: only {only} finished here, so there is no {other} trial to compare it with."
+
+
+def short_answer(v: Verdict) -> str:
+    """The verdict in one line for the dashboard's study page: outcome, values, how sure."""
+    line = verdict_line(v)
+    sure = "single runs, not confirmed with seeds" if not v.confirmed else f"{v.lora.n} and {v.full.n} seeds"
+    warning = "; caution: a run no better than the baseline" if baseline_caution(v) else ""
+    return f"{v.outcome}: {line.text} ({sure}{warning}; the Note tab has the details)"
+
+
+def note_markdown(scope: str, verdicts: list[Verdict], unpaired: list[str], report: str) -> str:
+    """The study note for optuna-dashboard: the same verdicts and table as the report's first screen."""
+    from analysis.document import Document
+
+    doc = Document("LoRA vs full fine-tuning: the answer")
+    doc.paragraph(scope)
+    lines = [verdict_line(v) for v in verdicts]
+    doc.verdicts([(line.title, line.outcome, line.text, line.details) for line in lines])
+    doc.bullets(unpaired)
+    if verdicts:
+        doc.heading("What LoRA saves (each cell: LoRA / full fine-tuning)", level=3)
+        doc.table(saves_table(verdicts))
+    doc.paragraph(
+        f"Full report: {report}; it is also attached to this study as report.html, with its figures (Study "
+        "Artifacts, on the study's first page). Written by `python -m analysis.report`; running it again replaces "
+        "this part of the note and keeps the rest."
+    )
+    return doc.to_markdown().replace("# LoRA vs full", "## LoRA vs full", 1)
