@@ -24,7 +24,9 @@ from analysis.verdicts import Margin, Verdict, swept_config, unpaired_groups, ve
 logger = logging.getLogger(__name__)
 
 FIGURES = "figures"
-DETAIL_COLUMNS = ("trial", "task", "objective", "model", "finetune", "config", "freeze_blocks", "epochs_trained")
+DETAIL_COLUMNS = (
+    "trial", "task", "objective", "model", "finetune", "lora_rank", "freeze_blocks", "config", "epochs_trained",
+)  # fmt: skip
 
 
 class Sections:

@@ -98,7 +98,9 @@ class Page:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
             size = self.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1})
+            params.update(
+                captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1}
+            )
         path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", **params)["data"]))
         return path
 
@@ -110,7 +112,9 @@ def _debugging_port(profile: Path, process: subprocess.Popen, log: Path) -> int:
         if process.poll() is not None:
             raise RuntimeError(f"chromium exited with {process.returncode}: {log.read_text()[-2000:]}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"chromium did not open its debugging port in {START_TIMEOUT_S:.0f}s: {log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"chromium did not open its debugging port in {START_TIMEOUT_S:.0f}s: {log.read_text()[-2000:]}"
+            )
         time.sleep(0.1)
     return int(marker.read_text().split()[0])
 
