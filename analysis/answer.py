@@ -44,15 +44,18 @@ def _amount(v: Verdict, x: float, signed: bool = False) -> str:
 def difference_text(v: Verdict) -> str:
     """ "8.1 points lower", with the 95% interval when confirmed ("−0.5 points, 95% CI −1.0 to +0.1")."""
     d = v.difference
-    better_word = "lower" if d < 0 else "higher"
+    notes = []
+    if not is_fraction_objective(v.objective) and v.full.mean:
+        notes.append(f"{abs(100 * d / v.full.mean):.1f}%")
     if v.direction == "minimize":
-        better_word += " (lower is better)"
-    shown_relative = not is_fraction_objective(v.objective) and v.full.mean
-    relative = f", {abs(100 * d / v.full.mean):.1f}%" if shown_relative else ""
+        notes.append("lower is better")
     if v.interval is None:
-        return f"{_amount(v, d)} {better_word}{relative}" if d else "no difference"
+        if not d:
+            return "no difference"
+        return f"{_amount(v, d)} {'lower' if d < 0 else 'higher'}" + (f" ({'; '.join(notes)})" if notes else "")
     low, high = _amount(v, v.interval.low, signed=True), _amount(v, v.interval.high, signed=True)
-    return f"difference {_amount(v, d, signed=True)}, 95% CI {low} to {high}"
+    tail = " (lower is better)" if v.direction == "minimize" else ""
+    return f"difference {_amount(v, d, signed=True)}, 95% CI {low} to {high}{tail}"
 
 
 def _costs(v: Verdict) -> str:

@@ -109,6 +109,7 @@ def _panel(ax: Axes, group: pd.DataFrame, runs: pd.DataFrame, verdict: Verdict |
     if verdict is not None and verdict.baseline is not None:
         ax.axhline(verdict.baseline.value, color=palette.BASELINE_COLOR, linestyle=":", label=verdict.baseline.name)
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.1)  # room for the labels beside the points at the edges
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(objective_label(objective))
     ax.set_title(

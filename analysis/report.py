@@ -116,9 +116,13 @@ def update_dashboard(written: dict[str, object], storage_url: str, artifacts: Pa
         for key, value in dashboard.publish(study, note, figures, store, answers).items():
             counts[key] += value
     shown = redact(storage_url)
-    lines = [f"Dashboard: the answer is each study's note; {counts['artifacts']} artifacts ({counts['trials']} trials)"]
+    n, trials = counts["artifacts"], counts["trials"]
+    lines = [
+        f"Dashboard: the answer is on each study's page and in its note; {n} artifact{'s' * (n != 1)} "
+        f"({trials} trial{'s' * (trials != 1)})"
+    ]
     if store is None:
-        lines[0] = "Dashboard: the answer is each study's note; no artifacts (figures, trial files) were uploaded"
+        lines[0] = "Dashboard: the answer is on each study's page and in its note; no artifacts were uploaded"
         lines.append(
             f"  a {shown.split(':', 1)[0]} storage has no folder beside it: pass --artifacts DIR to attach them"
         )

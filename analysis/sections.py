@@ -24,9 +24,7 @@ from analysis.verdicts import Margin, Verdict, swept_config, unpaired_groups, ve
 logger = logging.getLogger(__name__)
 
 FIGURES = "figures"
-DETAIL_COLUMNS = (
-    "trial", "task", "objective", "model", "finetune", "lora_rank", "freeze_blocks", "config", "epochs_trained",
-)  # fmt: skip
+DETAIL_COLUMNS = ("trial", "task", "objective", "model", "finetune", "lora_rank", "freeze_blocks", "epochs_trained")
 
 
 class Sections:
@@ -165,7 +163,7 @@ class Sections:
         )
         shown = compared.assign(config=[_config_text(row) for _, row in compared.iterrows()])
         shown = with_trial(shown)
-        doc.table(blank_not_applicable(shown[[*DETAIL_COLUMNS, "value", *COST_COLUMNS, "train_time_s"]]))
+        doc.table(blank_not_applicable(shown[[*DETAIL_COLUMNS, "value", *COST_COLUMNS, "train_time_s", "config"]]))
         self.epochs_note(compared)
 
     def epochs_note(self, rows: pd.DataFrame) -> None:

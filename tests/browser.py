@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
 FLAGS = (
     "--headless",
@@ -50,8 +50,8 @@ def chromium_path() -> str | None:
 class Page:
     """One browser tab over a DevTools websocket: send a command, wait for its answer or for an event."""
 
-    def __init__(self, websocket_url: str) -> None:
-        self.ws = connect(websocket_url, max_size=None, open_timeout=30)
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
         self.ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
 
@@ -134,17 +134,14 @@ def chromium(executable: str | None = None) -> Iterator[Page]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        page = None
         try:
             port = _debugging_port(profile, process, log)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
                 targets = json.loads(response.read())
             tab = next(t for t in targets if t.get("type") == "page")
-            page = Page(tab["webSocketDebuggerUrl"])
-            yield page
+            with connect(tab["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+                yield Page(ws)
         finally:
-            if page is not None:
-                page.ws.close()
             # the browser's own helper processes share its session: stop them together
             os.killpg(process.pid, signal.SIGTERM)
             try:
