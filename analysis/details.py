@@ -125,7 +125,7 @@ def pareto(s: Sections) -> None:
         name = plots.slug(study.study_name)
         if best:
             s.figure(
-                lambda p, st=study: study_plots.pareto_plot(st, p),
+                lambda p, st=study: study_plots.pareto_plot(s.df, st, p),
                 f"pareto_{name}",
                 f"Pareto front {study.study_name}",
                 {study.study_name},

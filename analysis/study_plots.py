@@ -1,12 +1,11 @@
 """Per-study figures: optimisation history, validation curves, importances, a study's Pareto front, a train curve.
 
-History and curves are drawn here rather than by Optuna's plots so that they colour by fine-tuning mode like every
-other figure and keep their legend inside the axes (Optuna's history legend sits outside and squeezes the plot).
+Drawn here rather than by Optuna's plots so that they colour by fine-tuning mode like every other figure and keep
+their legend inside the axes (Optuna's history legend sits outside and squeezes the plot to a third of its width).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,9 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import optuna
-import optuna.visualization.matplotlib as optuna_plots
 import pandas as pd
 from matplotlib.lines import Line2D
 
@@ -95,14 +92,30 @@ def importance_plot(table: pd.DataFrame, study: str, path: Path) -> Path | None:
     return save(fig, path)
 
 
-def pareto_plot(study: optuna.Study, path: Path) -> Path:
-    """A multi-objective study's own Pareto front (2 or 3 objectives), Optuna's plot."""
-    with warnings.catch_warnings(), plt.style.context("default"):
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = optuna_plots.plot_pareto_front(study)
-        if ax.get_legend_handles_labels()[0] and ax.get_legend() is None:
-            ax.legend(fontsize="small")
-        return save(ax.figure, path)
+def pareto_plot(df: pd.DataFrame, study: optuna.Study, path: Path) -> Path | None:
+    """A multi-objective study's own front on its first two objectives, a colour per mode, the front joined."""
+    rows = complete(df[df["study"] == study.study_name]).dropna(subset=["value", "value_1"])
+    if rows.empty:
+        return None
+    names = (study.metric_names or ["objective 0", "objective 1"])[:2]
+    best = {t.number for t in study.best_trials}
+    fig, axes = panels(1, width=7.0, height=4.2)
+    ax = axes[0]
+    for mode, group in rows.groupby("finetune", sort=True):
+        ax.scatter(
+            group["value_1"], group["value"], label=palette.mode_name(mode), alpha=0.8, **palette.mode_style(mode)
+        )
+    front = rows[rows["number"].isin(best)].sort_values("value_1")
+    ax.plot(front["value_1"], front["value"], color="black", linewidth=1, marker="o", mfc="none", ms=11,
+            label="the study's best trials (front)")  # fmt: skip
+    if (rows["value_1"] > 0).all() and rows["value_1"].max() / rows["value_1"].min() > 100:
+        ax.set_xscale("log")
+    ax.set_xlabel(objective_label(names[1]) + f" ({study.directions[1].name.lower()})")
+    ax.set_ylabel(objective_label(names[0]) + f" ({study.directions[0].name.lower()})")
+    extra = f"; objective {', '.join(study.metric_names[2:])} not shown" if len(study.directions) > 2 else ""
+    ax.set_title(f"{study.study_name}: Pareto front{extra}")
+    ax.legend(fontsize="small", loc="best")
+    return save(fig, path)
 
 
 def train_curve_plot(curve: Sequence[Mapping[str, float]], title: str, path: Path) -> Path | None:
