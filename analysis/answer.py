@@ -52,7 +52,7 @@ def difference_text(v: Verdict) -> str:
     if v.interval is None:
         if not d:
             return "no difference"
-        return f"{_amount(v, d)} {'lower' if d < 0 else 'higher'}" + (f" ({'; '.join(notes)})" if notes else "")
+        return f"{_amount(v, d)} {'lower' if d < 0 else 'higher'}" + (f" ({', '.join(notes)})" if notes else "")
     low, high = _amount(v, v.interval.low, signed=True), _amount(v, v.interval.high, signed=True)
     tail = " (lower is better)" if v.direction == "minimize" else ""
     return f"difference {_amount(v, d, signed=True)}, 95% CI {low} to {high}{tail}"
@@ -91,7 +91,7 @@ def verdict_line(v: Verdict) -> VerdictLine:
         "undecided": f"Undecided whether {lora.label} matches {full.label}: run more seeds",
     }[v.outcome]
     values = f"{v.objective} {_value(v, lora)} vs {_value(v, full)}"
-    text = f"{head}: {values}, {difference_text(v)} (margin {v.margin_text})."
+    text = f"{head}: {values}, {difference_text(v)}; margin {v.margin_text}."
     costs = _costs(v)
     details = [f"LoRA needs {costs}." if costs else ""]
     details.append(SINGLE_RUNS if not v.confirmed else f"Seeds: LoRA {lora.n}, full {full.n}; 95% intervals.")

@@ -247,14 +247,14 @@ def test_verdicts_compare_the_best_trial_of_each_mode_and_word_its_costs(frame):
     gain = lora["value"] - full["value"]
     assert verdict.outcome == ("matches" if abs(gain) <= 0.01 else "better" if gain > 0 else "worse")
     line = answer.verdict_line(verdict)
-    points = f"{abs(100 * gain):.1f} points {'lower' if gain < 0 else 'higher'} (margin ±1 point)"
+    points = f"{abs(100 * gain):.1f} points {'lower' if gain < 0 else 'higher'}; margin ±1 point."
     assert f"accuracy {lora['value']:.3f} vs {full['value']:.3f}, {points}" in line.text
     params = wording.ratio(lora["trainable_params"], full["trainable_params"], "trainable parameters")
     memory = f"{100 - 100 * lora['peak_memory_mb'] / full['peak_memory_mb']:.0f}% less peak memory"
     assert line.details.startswith(f"LoRA needs {params}, {memory} and ")
     assert "e+" not in line.details and answer.SINGLE_RUNS in line.details
     alpaca = answer.verdict_line(verdicts[("alpaca", "medium")])
-    assert "(lower is better)" in alpaca.text and "margin ±2% of full fine-tuning's value" in alpaca.text
+    assert ", lower is better); margin ±2% of full fine-tuning's value." in alpaca.text
 
 
 def test_knob_effects_match_a_groupby_over_the_raw_trials(frame, direct):
