@@ -34,7 +34,7 @@ setup: $(VENV)/.installed  ## create .venv: torch first (CPU wheel without a GPU
 
 sweep: setup  ## the quick start: GPT-2 small from the hub, SMS spam, LoRA ranks vs full fine-tuning, SQLite study
 	$(PY) sweep.py -m experiment=quickstart $(SWEEP_ARGS)
-	@echo "Look at it: $(VENV)/bin/optuna-dashboard sqlite:///sweeps.db   or   $(PY) -m analysis.report --storage sqlite:///sweeps.db"
+	@echo "Look at it: $(PY) -m analysis.report --storage sqlite:///sweeps.db   then   $(VENV)/bin/optuna-dashboard sqlite:///sweeps.db --artifact-dir sweeps-artifacts"
 
 sweep-offline: setup  ## the same sweep offline: tiny random GPT-2, the local SMS sample in $(SHARED), no downloads
 	HF_HUB_OFFLINE=1 LORASWEEP_TIKTOKEN_FILE=$(SHARED)/tokenizer/gpt2.tiktoken \

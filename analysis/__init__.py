@@ -13,13 +13,18 @@ from analysis.tables import (
     knob_effects,
     param_importances,
     pareto_front,
-    ratio_sentences,
     state_counts,
     swept_knobs,
 )
+from analysis.verdicts import Arm, Baseline, Margin, Verdict, compare, verdicts_from_frame
 
 __all__ = [
+    "Arm",
+    "Baseline",
+    "Margin",
     "ReportInputError",
+    "Verdict",
+    "compare",
     "compare_modes",
     "export",
     "failure_reasons",
@@ -30,8 +35,8 @@ __all__ = [
     "open_storage",
     "param_importances",
     "pareto_front",
-    "ratio_sentences",
     "state_counts",
     "swept_knobs",
     "trials_frame",
+    "verdicts_from_frame",
 ]

@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 from sqlalchemy.engine import make_url
 
+from analysis.runs import add_run_columns
 from analysis.schema import NOT_RUN_ATTR
 
 logger = logging.getLogger(__name__)
@@ -47,14 +48,23 @@ EXPECTED = (
     "freeze_blocks",
     "lr",
     "batch_size",
+    "grad_accum",
     "epochs",
+    "steps",
     "trainable_params",
     "trainable_pct",
     "total_params",
     "peak_memory_mb",
     "wall_time_s",
+    "train_time_s",
     "tokens_per_s",
     "fail_reason",
+    "duplicate_of",
+    "run_dir",
+    # from the run folder (analysis.runs); NaN when it is not read
+    "epochs_trained",
+    "baseline_value",
+    "n_layer",
 )
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -184,8 +194,12 @@ def _fill_from_params(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def trials_frame(studies: list[optuna.Study]) -> pd.DataFrame:
-    """One row per trial of all `studies`: state, values, params_*, user attributes, durations, intermediates."""
+def trials_frame(studies: list[optuna.Study], read_runs: bool = True) -> pd.DataFrame:
+    """One row per trial of all `studies`: state, values, params_*, user attributes, durations, intermediates.
+
+    With `read_runs`, each trial's metrics.json (in its `run_dir`, when on this machine) adds what the study does not
+    hold: epochs actually trained, the majority-class baseline, the model depth (`analysis.runs.add_run_columns`).
+    """
     rows = []
     for study in studies:
         names = objective_names(study)
@@ -196,9 +210,12 @@ def trials_frame(studies: list[optuna.Study]) -> pd.DataFrame:
     for column in (*RESERVED, *EXPECTED):
         if column not in df:
             df[column] = math.nan
-    for column in ("value", "lora_rank", "freeze_blocks", "lr", "trainable_params", "total_params"):
+    numeric = ("value", "lora_rank", "freeze_blocks", "lr", "trainable_params", "total_params", "steps", "duplicate_of")
+    for column in numeric:
         df[column] = pd.to_numeric(df[column], errors="coerce")
     df = _fill_from_params(df.astype({c: "object" for c in ("task", "model", "finetune")}))
+    if read_runs:
+        df = add_run_columns(df)
     logger.info("loaded %d trials from %d studies", len(df), len(studies))
     return df
 

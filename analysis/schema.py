@@ -12,6 +12,13 @@ from dataclasses import dataclass
 # of the n_trials budget); such a trial is bookkeeping, not a result, and the analysis leaves it out
 NOT_RUN_ATTR = "lorasweep:not_run"
 
+# confirmation runs (issue [12]): a trial that re-trains a search trial's configuration with a fresh seed carries
+# user attributes phase="confirm" and confirms=<the search trial's number>; search tables leave it out, verdicts
+# use its value as one more seed of that configuration
+PHASE_ATTR = "phase"
+CONFIRM_PHASE = "confirm"
+CONFIRMS_ATTR = "confirms"
+
 
 @dataclass(frozen=True)
 class Knob:
@@ -60,11 +67,44 @@ OBJECTIVE_LABELS = {
     "peak_memory_mb": "peak memory (MB)",
 }
 
-# the trial's configuration as the tables show it, in reading order
-CONFIG_COLUMNS = ("model", "finetune", "lora_rank", "freeze_blocks", "lr", "batch_size", "epochs")
+# objectives on a 0-1 scale: a difference reads in points (0.01 = 1 point), the "matches" margin is absolute
+FRACTION_OBJECTIVES = frozenset(
+    {"accuracy", "val_accuracy", "test_accuracy", "macro_f1", "val_macro_f1", "test_macro_f1", "rouge_l", "exact_match"}
+)
+
+# LoRA settings that make a different adapter (not a tuning knob): the report tells LoRA configurations apart by
+# whichever of them a study records; sweep params `lora.<name>` count when no user attribute `lora_<name>` exists
+LORA_VARIANT_ATTRS = ("lora_rank", "lora_variant", "lora_targets")
+LORA_TUNING_PARAMS = ("lora.rank", "lora.alpha", "lora.dropout")
+
+# the trial's configuration as the tables show it, in reading order; `epochs_trained` is the fraction of the
+# training split actually seen (steps / steps per epoch), not the configured `trainer.epochs`
+CONFIG_COLUMNS = ("model", "finetune", "lora_rank", "freeze_blocks", "lr", "batch_size", "epochs_trained")
 
 # what a configuration costs, as the comparison shows it
 COST_COLUMNS = ("trainable_params", "trainable_pct", "total_params", "peak_memory_mb", "wall_time_s", "tokens_per_s")
+
+
+def is_fraction_objective(name: str) -> bool:
+    return name in FRACTION_OBJECTIVES
+
+
+def is_lora_only(column: str) -> bool:
+    """A knob that exists only with LoRA adapters: blank for full fine-tuning, importance over LoRA trials only."""
+    name = column.removeprefix("params_")
+    return name.startswith(("lora.", "lora_"))
+
+
+def lora_variant_keys(columns: object) -> list[str]:
+    """The columns (of a trials frame) that tell LoRA configurations apart, present in `columns`."""
+    names = list(columns)  # type: ignore[call-overload]
+    keys = [a for a in LORA_VARIANT_ATTRS if a in names]
+    for column in names:
+        param = str(column).removeprefix("params_")
+        own_attr = f"lora_{param.removeprefix('lora.')}" in names
+        if str(column).startswith("params_lora.") and param not in LORA_TUNING_PARAMS and not own_attr:
+            keys.append(str(column))
+    return keys
 
 
 def objective_label(name: str) -> str:

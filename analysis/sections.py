@@ -1,36 +1,50 @@
-"""The report's sections, in reading order: each takes the trials frame (and studies) and adds blocks.
+"""The report's sections, in reading order: the answer first, then the evidence, then the details.
 
 A section with nothing to show says why in one sentence instead of disappearing, so a reader of a half-failed
-sweep learns what is missing.
+sweep learns what is missing. The detail sections live in `analysis.details`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
-from analysis import plots, tables
+from analysis import answer, details, tables
+from analysis.answer_plot import answer_plot
 from analysis.document import Document
-from analysis.load import objective_names
-from analysis.schema import CONFIG_COLUMNS
+from analysis.plots import slug
+from analysis.runs import MISSING_FIELD_HINT
+from analysis.schema import CONFIG_COLUMNS, COST_COLUMNS
+from analysis.verdicts import Margin, Verdict, swept_config, unpaired_groups, verdicts_from_frame
 
 logger = logging.getLogger(__name__)
 
 FIGURES = "figures"
+DETAIL_COLUMNS = ("trial", "task", "objective", "model", "finetune", "lora_rank", "freeze_blocks", "epochs_trained")
 
 
 class Sections:
-    """Builds one Document; figures go to `<folder>/figures/` and are referenced relative to `folder`."""
+    """Builds one Document; figures go to `<folder>/figures/` and are referenced relative to `folder`.
 
-    def __init__(self, df: pd.DataFrame, studies: list[optuna.Study], folder: Path, title: str) -> None:
+    `owners` maps each figure (relative path) to the studies it shows, so the dashboard upload attaches it to them.
+    """
+
+    def __init__(
+        self, df: pd.DataFrame, studies: list[optuna.Study], folder: Path, title: str, margin: Margin | None = None
+    ) -> None:
         self.df, self.studies, self.folder = df, studies, folder
+        self.margin = margin or Margin()
         self.doc = Document(title)
+        self.verdicts: list[Verdict] = verdicts_from_frame(df, self.margin)
+        self.owners: dict[str, set[str]] = {}
 
-    def figure(self, draw: Callable[[Path], Path | None], name: str, alt: str) -> None:
+    def figure(
+        self, draw: Callable[[Path], Path | None], name: str, alt: str, studies: Iterable[str] | None = None
+    ) -> None:
         """Draw one PNG; a plot that cannot be drawn becomes a sentence, not a crash."""
         try:
             path = draw(self.folder / FIGURES / f"{name}.png")
@@ -39,173 +53,135 @@ class Sections:
             self.doc.paragraph(f"Figure '{alt}' could not be drawn: {exc}")
             return
         if path is not None:
-            self.doc.image(f"{FIGURES}/{path.name}", alt)
+            relative = f"{FIGURES}/{path.name}"
+            self.doc.image(relative, alt)
+            self.owners[relative] = set(studies) if studies is not None else {s.study_name for s in self.studies}
+
+    def studies_of(self, rows: pd.DataFrame) -> set[str]:
+        return set(rows["study"].astype(str))
 
     def build(self) -> Document:
         steps = [
-            ("overview", self.overview),
-            ("full fine-tuning vs LoRA", self.comparison),
-            ("knob effects", self.knobs),
-            ("optimization history", self.history),
-            ("parameter importances", self.importances),
-            ("Pareto fronts", self.pareto),
-            ("trial states", self.states),
-            ("LLM judge", self.judge),
+            ("the answer", self.answer),
+            ("one picture per task", self.pictures),
+            ("best trial per mode", self.comparison),
+            ("knob effects", lambda: details.knobs(self)),
+            ("validation curves", lambda: details.curves(self)),
+            ("optimisation history", lambda: details.history(self)),
+            ("parameter importances", lambda: details.importances(self)),
+            ("Pareto fronts", lambda: details.pareto(self)),
+            ("trial states", lambda: details.states(self)),
+            ("LLM judge", lambda: details.judge(self)),
+            ("studies", lambda: details.studies(self)),
         ]
         for i, (name, step) in enumerate(steps, 1):
             logger.info("[%d/%d] %s", i, len(steps), name)
             step()
         return self.doc
 
-    def overview(self) -> None:
-        df, doc = self.df, self.doc
-        counts = df["state"].value_counts()
-        words = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+    def scope(self) -> str:
+        """ "From 8 trials in 1 study (sms-tiny): 4 complete, 2 reused a twin's result (counted once), ..." """
+        df = self.df
+        state = df["state"].where(~(tables.is_duplicate(df) & (df["state"] == "COMPLETE")), "REUSED")
+        counts = state.value_counts()
+        words = {
+            "COMPLETE": "complete",
+            "REUSED": "reused a finished twin's result (counted once)",
+            "PRUNED": "pruned",
+            "FAIL": "failed",
+            "RUNNING": "running",
+        }
         parts = [f"{counts[s]} {word}" for s, word in words.items() if counts.get(s, 0)]
-        studies = f"{len(self.studies)} {'study' if len(self.studies) == 1 else 'studies'}"
-        trials = f"{len(df)} {'trial' if len(df) == 1 else 'trials'}"
-        doc.paragraph(f"{trials} in {studies}" + (f": {', '.join(parts)}." if parts else "."))
-        if tables.complete(df).empty:
+        names = ", ".join(s.study_name for s in self.studies)
+        study = "study" if len(self.studies) == 1 else "studies"
+        trials = "trial" if len(df) == 1 else "trials"
+        return f"From {len(df)} {trials} in {len(self.studies)} {study} ({names})" + (
+            f": {', '.join(parts)}." if parts else "."
+        )
+
+    def answer(self) -> None:
+        doc = self.doc
+        doc.paragraph(self.scope())
+        if tables.complete(self.df).empty:
             doc.paragraph(
                 "No trial finished with a value, so there is nothing to compare yet: 'Trial states and failures' "
                 "below says where the trials are and why any failed."
             )
-        rows = [
-            {
-                "study": s.study_name,
-                "objectives": ", ".join(objective_names(s)),
-                "directions": ", ".join(d.name.lower() for d in s.directions),
-                "tasks": ", ".join(sorted(df.loc[df["study"] == s.study_name, "task"].dropna().astype(str).unique())),
-                "trials": int((df["study"] == s.study_name).sum()),
-            }
-            for s in self.studies
-        ]
-        doc.table(pd.DataFrame(rows))
+            return
+        lines = map(answer.verdict_line, self.verdicts)
+        doc.verdicts([(line.title, line.outcome, line.text, line.details) for line in lines])
+        doc.bullets([answer.unpaired_line(*group) for group in unpaired_groups(self.df)])
+        if not self.verdicts:
+            return
+        doc.note(
+            "Each line compares the best LoRA and the best full fine-tuning configuration of a task and model size "
+            "on the validation objective. Matches: the difference lies within the margin; better or worse: "
+            "outside it"
+            + (
+                "; these are single runs, so a difference can be seed noise until confirmation runs repeat them."
+                if not all(v.confirmed for v in self.verdicts)
+                else "; undecided: the 95% interval of the difference crosses the margin."
+            )
+        )
+        doc.heading("What LoRA saves", level=3)
+        doc.note("Each cell: LoRA / full fine-tuning, for the two configurations compared above.")
+        doc.table(answer.saves_table(self.verdicts))
+
+    def pictures(self) -> None:
+        doc = self.doc
+        doc.heading("The answer in one picture per task")
+        done = tables.complete(self.df).dropna(subset=["task", "finetune"])
+        if done.empty or done["trainable_params"].isna().all():
+            doc.paragraph("No complete trial records its trainable parameters, so there is nothing to draw.")
+            return
+        doc.note(
+            "Objective against trainable parameters (log axis). Large markers: the best trial of each LoRA "
+            "configuration and of full fine-tuning; faint ones: every other trial. The blue band is full "
+            "fine-tuning's value ± the margin (its 95% interval when confirmed): a LoRA point inside it matches. "
+            "Dotted: always answering the majority class."
+        )
+        for key, rows in done.groupby(tables.TASK_KEYS, sort=True):
+            name = slug(f"answer_{key[0]}_{key[1]}")
+            self.figure(
+                lambda p, k=key: answer_plot(self.df, k, self.verdicts, self.margin, p),
+                name,
+                f"{key[0]}: {key[1]} against trainable parameters",
+                self.studies_of(rows),
+            )
 
     def comparison(self) -> None:
         doc = self.doc
-        doc.heading("Full fine-tuning vs LoRA, per task")
+        doc.heading("Best trial per fine-tuning mode")
         compared = tables.compare_modes(self.df)
         if compared.empty:
             doc.paragraph("No complete trial records its task and fine-tuning mode, so no comparison is possible.")
             return
-        doc.paragraph(
-            "The best complete trial of each fine-tuning mode per task and model size: its objective, what it "
-            "trains (count and % of all parameters), and what it costs."
+        doc.note(
+            "The best complete search trial of each fine-tuning mode per task and model size. config: the swept "
+            "settings (LoRA's only for LoRA trials); epochs_trained: the fraction of the training split seen "
+            "(steps / steps per epoch)."
         )
-        doc.table(_with_trial(compared).drop(columns=["direction"]))
-        sentences = tables.ratio_sentences(compared)
-        doc.bullets([f"{task} ({model}): {text}" for (task, model), text in sentences.items()])
+        shown = compared.assign(config=[_config_text(row) for _, row in compared.iterrows()])
+        shown = tables.with_trial(shown)
+        columns = [*DETAIL_COLUMNS, "value", *COST_COLUMNS, "train_time_s", "config"]
+        doc.table(tables.blank_not_applicable(shown[columns]))
+        self.epochs_note(compared)
 
-    def knobs(self) -> None:
-        doc = self.doc
-        doc.heading("Effects of each knob")
-        knobs = tables.swept_knobs(self.df)
-        if not knobs:
-            doc.paragraph("No knob was swept or varied among complete trials.")
+    def epochs_note(self, rows: pd.DataFrame) -> None:
+        unknown = rows[rows["epochs_trained"].isna()]
+        if unknown.empty:
             return
-        doc.paragraph(
-            "Mean and best objective over complete trials per knob value, split by fine-tuning mode (continuous "
-            "knobs in bins). Plots show each trial and the mean per value; the rank plot's dashed line is the best "
-            "full fine-tuning trial, the level LoRA has to reach."
+        ids = ", ".join(tables.trial_ids(unknown))
+        self.doc.note(
+            f"epochs_trained is unknown (—) for {ids}: their run folder's metrics.json could not be read here, and "
+            f"the study alone does not hold the training split's size. The trainer should record {MISSING_FIELD_HINT}."
         )
-        for knob in knobs:
-            doc.heading(knob.label, level=3)
-            doc.table(tables.knob_effects(self.df, knob).drop(columns=["direction"]))
-            self.figure(lambda p, k=knob: plots.knob_plot(self.df, k, p), f"knob_{knob.attr}", knob.label)
-
-    def history(self) -> None:
-        doc = self.doc
-        doc.heading("Optimization history")
-        for study in self.studies:
-            done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if not done:
-                doc.paragraph(f"{study.study_name}: no complete trial, no history.")
-                continue
-            name = plots.slug(study.study_name)
-            self.figure(lambda p, s=study: plots.history_plot(s, p), f"history_{name}", f"history of {name}")
-            self.figure(
-                lambda p, s=study.study_name: plots.intermediate_plot(self.df, s, p),
-                f"intermediate_{name}",
-                f"intermediate values of {name} (pruning)",
-            )
-
-    def importances(self) -> None:
-        doc = self.doc
-        doc.heading("Parameter importances")
-        for study in self.studies:
-            try:
-                table = tables.param_importances(study)
-            except (ValueError, RuntimeError) as exc:
-                doc.paragraph(f"{study.study_name}: not computed, {exc}.")
-                continue
-            doc.heading(study.study_name, level=3)
-            doc.table(table)
-            name = plots.slug(study.study_name)
-            self.figure(lambda p, s=study: plots.importance_plot(s, p), f"importance_{name}", f"importances {name}")
-
-    def pareto(self) -> None:
-        doc = self.doc
-        doc.heading("Pareto fronts: objective vs cost")
-        doc.paragraph(
-            "All complete trials of a task; the line joins the trials no other trial beats on both the objective "
-            "and the cost."
-        )
-        for cost in ("trainable_params", "peak_memory_mb"):
-            front = tables.pareto_front(self.df, cost)
-            if front.empty:
-                doc.paragraph(f"No complete trial records {cost}.")
-                continue
-            optimal = front[front["pareto"]]
-            doc.heading(f"objective vs {cost}", level=3)
-            doc.table(_with_trial(optimal[["task", "objective", *CONFIG_COLUMNS, "value", cost, "study", "number"]]))
-            self.figure(lambda p, c=cost: plots.cost_front_plot(self.df, c, p), f"pareto_{cost}", f"front vs {cost}")
-        for study in self.studies:
-            if len(study.directions) < 2 or len(study.directions) > 3:
-                continue
-            doc.heading(f"{study.study_name}: the study's own Pareto front", level=3)
-            best = study.best_trials
-            keep = ["number", "value", *(c for c in self.df if c.startswith("value_")), *CONFIG_COLUMNS]
-            rows = self.df[(self.df["study"] == study.study_name) & self.df["number"].isin([t.number for t in best])]
-            doc.table(rows[[c for c in keep if c in rows]].dropna(axis=1, how="all"))
-            name = plots.slug(study.study_name)
-            if best:
-                self.figure(lambda p, s=study: plots.pareto_plot(s, p), f"pareto_{name}", f"Pareto front {name}")
-
-    def states(self) -> None:
-        doc = self.doc
-        doc.heading("Trial states and failures")
-        doc.table(tables.state_counts(self.df))
-        reasons = tables.failure_reasons(self.df)
-        if reasons.empty:
-            doc.paragraph("No trial failed.")
-        else:
-            doc.paragraph("Failed trials by reason:")
-            doc.table(reasons)
-
-    def judge(self) -> None:
-        if not (self.df["task"] == "alpaca").any():
-            return
-        doc = self.doc
-        doc.heading("Instruction tuning (alpaca): LLM judge")
-        judged = tables.judge_table(self.df)
-        if judged.empty:
-            doc.paragraph("No alpaca trial was scored by the judge (no API key, or the judge was off).")
-            return
-        spread = judged["judge_std"].map(lambda s: "-" if pd.isna(s) else f"{s:.1f}")
-        shown = _with_trial(judged)
-        shown.insert(1, "judge (mean ± std)", judged["judge_mean"].map("{:.1f}".format) + " ± " + spread)
-        doc.paragraph(
-            "Judge score (0-100, mean ± std over repeats and items) per configuration, ROUGE-L F1 against the "
-            "reference, and how many replies could not be parsed as a score (excluded, never scored 0)."
-        )
-        doc.table(shown.drop(columns=["judge_mean", "judge_std"]))
-        self.figure(lambda p: plots.judge_plot(judged, p), "judge", "judge score vs perplexity")
 
 
-def _with_trial(rows: pd.DataFrame) -> pd.DataFrame:
-    """`study` and `number` folded into one `trial` column ("study#number"), first."""
-    trial = tables.trial_ids(rows)
-    return rows.drop(columns=["study", "number"]).assign(trial=trial)[
-        ["trial", *rows.columns.drop(["study", "number"])]
-    ]
+def _config_text(row: pd.Series) -> str:
+    config = swept_config(row)
+    config.pop("finetune", None)
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+__all__ = ["CONFIG_COLUMNS", "FIGURES", "Sections"]

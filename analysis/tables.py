@@ -6,27 +6,43 @@ formats it once. Objectives differ between tasks, so tables group by task and ob
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import optuna
 import pandas as pd
 
-from analysis.schema import CONFIG_COLUMNS, COST_COLUMNS, FINETUNE_MODES, KNOBS, MODEL_ORDER, Knob
+from analysis.schema import (
+    CONFIG_COLUMNS,
+    CONFIRM_PHASE,
+    COST_COLUMNS,
+    FINETUNE_MODES,
+    KNOBS,
+    MODEL_ORDER,
+    PHASE_ATTR,
+    Knob,
+    is_lora_only,
+)
 
 TASK_KEYS = ["task", "objective", "direction"]
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
 def complete(df: pd.DataFrame) -> pd.DataFrame:
-    """Finished trials with a value: the only ones whose objective is comparable.
+    """Finished search trials with a value: the only ones whose objective is comparable.
 
     A trial that reused an equivalent trial's result (user attribute `duplicate_of`) is left out, so a config
-    counts once in means and fronts however many grid points mapped to it.
+    counts once in means and fronts however many grid points mapped to it; so is a confirmation run (it repeats a
+    search trial with another seed: the verdicts use it, the search tables do not).
     """
     original = df["duplicate_of"].isna() if "duplicate_of" in df else True
-    return df[(df["state"] == "COMPLETE") & df["value"].notna() & original]
+    search = df[PHASE_ATTR].ne(CONFIRM_PHASE) if PHASE_ATTR in df else True
+    return df[(df["state"] == "COMPLETE") & df["value"].notna() & original & search]
+
+
+def is_duplicate(df: pd.DataFrame) -> pd.Series:
+    """True for trials that reused a finished twin's result instead of training (user attribute `duplicate_of`)."""
+    return df["duplicate_of"].notna() if "duplicate_of" in df else pd.Series(False, index=df.index)
 
 
 def _score(df: pd.DataFrame) -> pd.Series:
@@ -46,62 +62,14 @@ def best_per_group(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def compare_modes(df: pd.DataFrame) -> pd.DataFrame:
     """Best full fine-tuning vs best LoRA trial per task (and model size): objective and costs."""
     best = best_per_group(df[df["finetune"].isin(FINETUNE_MODES)], [*TASK_KEYS, "model", "finetune"])
-    columns = [*TASK_KEYS, *CONFIG_COLUMNS, "value", *COST_COLUMNS, "study", "number"]
-    return best[columns].reset_index(drop=True)
+    columns = [*TASK_KEYS, *CONFIG_COLUMNS, "value", *COST_COLUMNS, "train_time_s", "study", "number"]
+    extra = [c for c in best if str(c).startswith("params_") or c in ("n_layer", "baseline_value")]
+    return best[columns + extra].reset_index(drop=True)
 
 
 def trial_ids(rows: pd.DataFrame) -> pd.Series:
     """ "study#number": the trial to look up in the dashboard."""
     return rows["study"].astype(str) + "#" + rows["number"].astype(int).astype(str)
-
-
-def _pct(part: float, whole: float) -> float:
-    return 100.0 * part / whole if whole and not math.isnan(whole) and not math.isnan(part) else math.nan
-
-
-def _change(name: str, lora: float, full: float) -> str | None:
-    """ "41% less peak memory" / "12% more wall time"; None when a side is unknown."""
-    pct = _pct(lora, full)
-    if math.isnan(pct):
-        return None
-    return f"{abs(100 - pct):.0f}% {'less' if pct <= 100 else 'more'} {name}"
-
-
-def ratio_sentence(full: pd.Series, lora: pd.Series) -> str:
-    """One sentence: how close the best LoRA trial gets to the best full one, and at what cost."""
-    rank = "" if pd.isna(lora["lora_rank"]) else f" r={lora['lora_rank']:.0f}"
-    name, quality = full["objective"], _pct(lora["value"], full["value"])
-    if math.isnan(quality):
-        head = f"LoRA{rank} reaches {name} {lora['value']:.4g} against full fine-tuning's {full['value']:.4g}"
-    elif full["direction"] == "maximize":
-        versus = f"({lora['value']:.4g} vs {full['value']:.4g})"
-        head = f"LoRA{rank} reaches {quality:.1f}% of full fine-tuning's {name} {versus}"
-    else:
-        head = (
-            f"LoRA{rank} reaches a {name} of {lora['value']:.4g} against full fine-tuning's {full['value']:.4g} "
-            f"({quality:.1f}% of it, lower is better)"
-        )
-    params = _pct(lora["trainable_params"], full["trainable_params"])
-    costs = [f"{params:.2g}% of the trainable parameters"] if not math.isnan(params) else []
-    costs += [c for c in (_change("peak memory", lora["peak_memory_mb"], full["peak_memory_mb"]),) if c]
-    costs += [c for c in (_change("wall time", lora["wall_time_s"], full["wall_time_s"]),) if c]
-    if not costs:
-        return head + "."
-    tail = costs[0] if len(costs) == 1 else ", ".join(costs[:-1]) + " and " + costs[-1]
-    return f"{head} with {tail}."
-
-
-def ratio_sentences(comparison: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(task, model) -> the ratio sentence, or why there is none."""
-    out = {}
-    for (task, _, _, model), group in comparison.groupby([*TASK_KEYS, "model"], sort=True):
-        modes = group.set_index("finetune")
-        if {"full", "lora"} <= set(modes.index):
-            out[(task, model)] = ratio_sentence(modes.loc["full"], modes.loc["lora"])
-        else:
-            only = modes.index[0]
-            out[(task, model)] = f"Only {only} fine-tuning finished here, so there is nothing to compare it with."
-    return out
 
 
 def swept_knobs(df: pd.DataFrame) -> list[Knob]:
@@ -158,12 +126,26 @@ def knob_effects(df: pd.DataFrame, knob: Knob) -> pd.DataFrame:
 
 
 def state_counts(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials per study and state (COMPLETE, PRUNED, FAIL, ...), with a total."""
-    counts = pd.crosstab(df["study"], df["state"]) if not df.empty else pd.DataFrame()
-    states = [s for s in STATES if s in counts] + [s for s in counts if s not in STATES]
+    """Trials per study and state (COMPLETE, PRUNED, FAIL, ...), with a total.
+
+    A complete trial that reused a twin's result counts under `reused`, not COMPLETE: it trained nothing.
+    """
+    state = df["state"].where(~(is_duplicate(df) & (df["state"] == "COMPLETE")), "reused")
+    counts = pd.crosstab(df["study"], state) if not df.empty else pd.DataFrame()
+    order = [*STATES[:1], "reused", *STATES[1:]]
+    states = [s for s in order if s in counts] + [s for s in counts if s not in order]
     counts = counts.reindex(columns=states, fill_value=0)
     counts["total"] = counts.sum(axis=1)
-    return counts.reset_index()
+    # crosstab names its column axis "state": rendered, that name becomes a header cell over an empty column
+    return counts.rename_axis(index="study", columns=None).reset_index()
+
+
+def duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials that reused a twin's result: study, number, and the trial whose result they carry."""
+    rows = df[is_duplicate(df)]
+    return pd.DataFrame(
+        {"study": rows["study"], "number": rows["number"], "reused from": rows["duplicate_of"].astype(int)}
+    ).reset_index(drop=True)
 
 
 def failure_reasons(df: pd.DataFrame) -> pd.DataFrame:
@@ -205,18 +187,10 @@ def judge_table(df: pd.DataFrame) -> pd.DataFrame:
     return scored.sort_values("judge_mean", ascending=False).reset_index(drop=True)
 
 
-def param_importances(study: optuna.Study) -> pd.DataFrame:
-    """Importances of the swept params for the (first) objective, by Optuna's default evaluator (PED-ANOVA).
-
-    Raises:
-        ValueError: fewer than two complete trials, or no param that varies among them.
-    """
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(done) < 2:
-        raise ValueError(f"importances need at least 2 complete trials, but got {len(done)}")
-    varied = [p for p in {p for t in done for p in t.params} if len({repr(t.params.get(p)) for t in done}) > 1]
-    if not varied:
-        raise ValueError("importances need a param that varies among the complete trials, but none does")
+def _importances(study: optuna.Study, trials: list, params: list[str]) -> dict[str, float]:
+    """PED-ANOVA importances (Optuna's default evaluator) of `params` over `trials` (a copy of the study's)."""
+    view = optuna.create_study(directions=study.directions)
+    view.add_trials(trials)
     target = None
     if len(study.directions) > 1:  # the evaluator ranks low targets as good: orient the first objective
         sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
@@ -224,5 +198,62 @@ def param_importances(study: optuna.Study) -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message=".*computes the importances of params to achieve low")
-        importances = optuna.importance.get_param_importances(study, target=target)
-    return pd.DataFrame({"param": list(importances), "importance": list(importances.values())})
+        return optuna.importance.get_param_importances(view, params=params, target=target)
+
+
+def _varied(trials: list, params: set[str]) -> list[str]:
+    return sorted(p for p in params if len({repr(t.params.get(p)) for t in trials if p in t.params}) > 1)
+
+
+def param_importances(study: optuna.Study) -> pd.DataFrame:
+    """Importances of the swept params for the (first) objective, by Optuna's default evaluator (PED-ANOVA).
+
+    Two groups, each summing to 1: every param but LoRA's over all complete search trials, and every param that
+    varies among the LoRA trials over those trials only; LoRA-only params (`lora.*`) appear only in the second,
+    since full fine-tuning ignores them and over all trials their importance would measure the mode. `over` says
+    which trials. Reused duplicates and confirmation runs are left out.
+
+    Raises:
+        ValueError: fewer than two complete trials, or no param that varies among them.
+    """
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "duplicate_of" not in t.user_attrs and t.user_attrs.get(PHASE_ATTR) != CONFIRM_PHASE
+    ]
+    if len(done) < 2:
+        raise ValueError(f"importances need at least 2 complete trials, but got {len(done)}")
+    names = {p for t in done for p in t.params}
+    lora = [t for t in done if t.user_attrs.get("finetune", t.params.get("finetune")) == "lora"]
+    shared = _varied(done, {p for p in names if not is_lora_only(p)})
+    within_lora = _varied(lora, names - {"finetune"})
+    if not any(is_lora_only(p) for p in within_lora):  # no LoRA knob varies: the first group says it all
+        within_lora = []
+    if not shared and not within_lora:
+        raise ValueError("importances need a param that varies among the complete trials, but none does")
+    rows = []
+    if shared:
+        over = f"all {len(done)} complete trials"
+        rows += [(p, v, over) for p, v in _importances(study, done, shared).items()]
+    if within_lora and len(lora) >= 2:
+        over = f"the {len(lora)} LoRA trials"
+        rows += [(p, v, over) for p, v in _importances(study, lora, within_lora).items()]
+    return pd.DataFrame(rows, columns=["param", "importance", "over"])
+
+
+def blank_not_applicable(rows: pd.DataFrame) -> pd.DataFrame:
+    """LoRA-only knobs blanked ("") for trials that are not LoRA trials: they do not apply, they are not unknown."""
+    if "finetune" not in rows:
+        return rows
+    shown = rows.astype(object)
+    not_lora = rows["finetune"] != "lora"
+    for column in [c for c in rows if is_lora_only(str(c))]:
+        shown.loc[not_lora, column] = ""
+    return shown
+
+
+def with_trial(rows: pd.DataFrame) -> pd.DataFrame:
+    """`study` and `number` folded into one `trial` column ("study#number"), first."""
+    trial = trial_ids(rows)
+    rest = rows.drop(columns=["study", "number"])
+    return rest.assign(trial=trial)[["trial", *rest.columns]]

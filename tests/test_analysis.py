@@ -21,10 +21,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from analysis import tables
+from analysis import answer, palette, tables, wording
 from analysis.load import ReportInputError, load_studies, open_storage, trials_frame
 from analysis.report import main
 from analysis.schema import KNOBS, NOT_RUN_ATTR
+from analysis.verdicts import verdicts_from_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -230,15 +231,30 @@ def test_comparison_is_the_best_trial_per_mode_as_pandas_finds_it(frame, direct)
     }  # fmt: skip
 
 
-def test_ratio_sentence_states_quality_parameters_and_memory(frame):
+def test_verdicts_compare_the_best_trial_of_each_mode_and_word_its_costs(frame):
+    verdicts = {(v.task, v.model): v for v in verdicts_from_frame(frame)}
+    assert set(verdicts) == {("sst2", "small"), ("alpaca", "small"), ("alpaca", "medium"), ("ag_news", "small")}
     table = tables.compare_modes(frame)
     sst2 = table[table["task"] == "sst2"].set_index("finetune")
     full, lora = sst2.loc["full"], sst2.loc["lora"]
-    sentence = tables.ratio_sentences(table)[("sst2", "small")]
-    assert f"LoRA r={lora['lora_rank']:.0f} reaches {100 * lora['value'] / full['value']:.1f}% of full" in sentence
-    assert f"{100 * lora['trainable_params'] / full['trainable_params']:.2g}% of the trainable parameters" in sentence
-    assert f"{100 - 100 * lora['peak_memory_mb'] / full['peak_memory_mb']:.0f}% less peak memory" in sentence
-    assert "lower is better" in tables.ratio_sentences(table)[("alpaca", "medium")]
+    verdict = verdicts[("sst2", "small")]
+    assert verdict.lora.values == (lora["value"],) and verdict.full.values == (full["value"],)
+    assert verdict.lora.label == f"LoRA r={lora['lora_rank']:.0f}"
+    frozen = int(full["freeze_blocks"])
+    assert verdict.full.label == "full fine-tuning" + (
+        f" with the embeddings and blocks 0-{frozen - 1} frozen" if frozen else ""
+    )
+    gain = lora["value"] - full["value"]
+    assert verdict.outcome == ("matches" if abs(gain) <= 0.01 else "better" if gain > 0 else "worse")
+    line = answer.verdict_line(verdict)
+    points = f"{abs(100 * gain):.1f} points {'lower' if gain < 0 else 'higher'}; margin ±1 point."
+    assert f"accuracy {lora['value']:.3f} vs {full['value']:.3f}, {points}" in line.text
+    params = wording.ratio(lora["trainable_params"], full["trainable_params"], "trainable parameters")
+    memory = f"{100 - 100 * lora['peak_memory_mb'] / full['peak_memory_mb']:.0f}% less peak memory"
+    assert line.details.startswith(f"LoRA needs {params}, {memory} and ")
+    assert "e+" not in line.details and answer.SINGLE_RUNS in line.details
+    alpaca = answer.verdict_line(verdicts[("alpaca", "medium")])
+    assert ", lower is better); margin ±2% of full fine-tuning's value." in alpaca.text
 
 
 def test_knob_effects_match_a_groupby_over_the_raw_trials(frame, direct):
@@ -314,11 +330,16 @@ def test_judge_table_lists_alpaca_scores_best_first(frame, direct):
     assert judged["judge_n_failed"].sum() == done["user_attrs_judge_n_failed"].sum()
 
 
-def test_importances_need_two_complete_trials(storage, tmp_path):
+def test_importances_judge_lora_knobs_over_lora_trials_only(storage, frame):
     studies = {s.study_name: s for s in load_studies(open_storage(storage))}
     table = tables.param_importances(studies["sst2-small"])
     assert set(table["param"]) <= {"finetune", "lora.rank", "freeze.blocks", "optim.lr"}
-    assert table["importance"].sum() == pytest.approx(1.0)
+    everyone, lora = table[table["over"].str.startswith("all ")], table[table["over"].str.contains("LoRA")]
+    done = tables.complete(frame.query("study == 'sst2-small'"))
+    assert set(everyone["over"]) == {f"all {len(done)} complete trials"} and "lora.rank" not in set(everyone["param"])
+    assert set(lora["over"]) == {f"the {(done['finetune'] == 'lora').sum()} LoRA trials"}
+    assert "lora.rank" in set(lora["param"]) and "finetune" not in set(lora["param"])
+    assert everyone["importance"].sum() == pytest.approx(1.0) and lora["importance"].sum() == pytest.approx(1.0)
     lonely = optuna.create_study()
     lonely.add_trial(optuna.create_trial(params={"x": 1.0}, distributions={"x": FloatDistribution(0, 2)}, value=1))
     with pytest.raises(ValueError, match="at least 2 complete trials, but got 1"):
@@ -331,11 +352,14 @@ def test_importances_need_two_complete_trials(storage, tmp_path):
 def test_report_has_every_section_and_its_numbers(report, frame):
     md = report["md"]
     for heading in (
-        "## Full fine-tuning vs LoRA, per task",
+        "### What LoRA saves",
+        "## The answer in one picture per task",
+        "## Best trial per fine-tuning mode",
         "## Effects of each knob",
         "### LoRA rank r (adapter width)",
         "### peak learning rate (log scale)",
-        "## Optimization history",
+        "## Validation curves",
+        "## Optimisation history",
         "## Parameter importances",
         "## Pareto fronts: objective vs cost",
         "### ag_news-mo: the study's own Pareto front",
@@ -343,8 +367,9 @@ def test_report_has_every_section_and_its_numbers(report, frame):
         "## Instruction tuning (alpaca): LLM judge",
     ):
         assert heading in md
-    sentence = tables.ratio_sentences(tables.compare_modes(frame))[("sst2", "small")]
-    assert f"- sst2 (small): {sentence}" in md
+    sst2 = next(v for v in verdicts_from_frame(frame) if v.task == "sst2")
+    line = answer.verdict_line(sst2)
+    assert f"- **sst2 · small: {sst2.outcome}.** {line.text} {line.details}" in md
     assert "NonFiniteLossError: loss is nan at step 12" in md
     best_full = tables.complete(frame.query("task == 'sst2' and finetune == 'full'"))["value"].max()
     assert f"{best_full:.4g}" in md
@@ -365,6 +390,46 @@ def test_every_figure_exists_decodes_and_is_embedded_in_the_html(report):
     assert "<table" in report["html"] and "sst2-small" in report["html"]
 
 
+def _table(md: str, section: str) -> pd.DataFrame:
+    """The first Markdown table under a heading, as text cells."""
+    lines = [line for line in md.split(section, 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    return pd.DataFrame(cells[2:], columns=cells[0])
+
+
+def test_knobs_that_do_not_apply_are_blank_and_unknown_values_a_dash(report):
+    best = _table(report["md"], "## Best trial per fine-tuning mode")
+    full, lora = best[best["finetune"] == "full"], best[best["finetune"] == "lora"]
+    assert (full["lora_rank"] == "").all() and lora["lora_rank"].str.fullmatch(r"\d+").all()
+    assert not full["config"].str.contains("lora.").any() and lora["config"].str.contains("lora.rank=").all()
+    # the synthetic studies' run folders do not exist: epochs trained is unknown, and the report says what to record
+    assert (best["epochs_trained"] == "—").all() and "steps_per_epoch" in report["md"]
+
+
+def _has_colour(image: np.ndarray, hex_colour: str, tolerance: float = 0.03) -> bool:
+    """True where some pixel is `hex_colour` drawn on white with an opacity of 0.5 or more (lines use alpha)."""
+    rgb = np.array([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    pixels = image[..., :3].reshape(-1, 3)
+    channel = int(np.argmax(1 - rgb))
+    opacity = (1 - pixels[:, channel]) / (1 - rgb[channel])
+    blended = 1 - opacity[:, None] * (1 - rgb)
+    return bool(((np.abs(pixels - blended).max(axis=1) < tolerance) & (opacity >= 0.5)).any())
+
+
+def test_curves_and_history_are_coloured_by_mode_not_by_state(report):
+    for name in ("intermediate_sst2-small", "history_sst2-small", "answer_sst2_accuracy"):
+        image = matplotlib.image.imread(report["out"] / "figures" / f"{name}.png")
+        assert _has_colour(image, palette.MODE_COLORS["full"]) and _has_colour(image, palette.MODE_COLORS["lora"])
+        assert not _has_colour(image, "#d62728")  # tab:red, once the colour of pruned trials
+
+
+def test_states_table_has_no_empty_column(report, frame):
+    assert tables.state_counts(frame).columns.name is None
+    html = report["html"].split("Trial states and failures", 1)[1]
+    head = html.split("<thead>", 1)[1].split("</thead>", 1)[0]
+    assert head.count("<tr") == 1 and "<th></th>" not in head
+
+
 def test_trials_are_exported_as_csv_and_parquet(report, frame):
     csv = pd.read_csv(report["out"] / "trials.csv")
     parquet = pd.read_parquet(report["out"] / "trials.parquet")
@@ -379,7 +444,7 @@ def test_named_study_and_default_output_folder(storage, tmp_path, monkeypatch, c
     main(["--storage", storage, "--study", "alpaca-judge", "--quiet"])
     out = tmp_path / "reports" / "alpaca-judge"
     md = (out / "report.md").read_text()
-    assert "alpaca (medium):" in md and "sst2" not in md
+    assert "**alpaca · medium: " in md and "sst2" not in md
     summary = capsys.readouterr().out
     assert "report.html" in summary and str(Path("reports") / "alpaca-judge") in summary
 
@@ -395,7 +460,7 @@ def test_single_trial_study(tmp_path):
     _record(study, {"lora.rank": 4}, rank, {**attrs, **_costs("small", "lora", 4, 0)}, values=0.9)
     written = main(["--storage", url, "--out", str(tmp_path / "r"), "--quiet"])
     md = written["markdown"].read_text()
-    assert "Only lora fine-tuning finished here" in md
+    assert "- sms_spam · tiny: only LoRA finished here, so there is no full fine-tuning trial to compare it with." in md
     assert "one: not computed, importances need at least 2 complete trials, but got 1." in md
     for path in written["figures"]:
         assert matplotlib.image.imread(path).ndim == 3
@@ -409,7 +474,7 @@ def test_only_failed_trials(tmp_path):
         _record(study, {"lora.rank": 4}, {"lora.rank": CategoricalDistribution([4])}, reason, state=TrialState.FAIL)
     written = main(["--storage", url, "--out", str(tmp_path / "r"), "--quiet"])
     md = written["markdown"].read_text()
-    assert "3 trials in 1 study: 3 failed." in md and "No trial finished with a value" in md
+    assert "From 3 trials in 1 study (broken): 3 failed." in md and "No trial finished with a value" in md
     assert "| broken | boom 0 | 2 | 0, 2 |" in md
     assert written["figures"] == []
 
@@ -470,3 +535,8 @@ def test_a_reused_result_counts_once(tmp_path):
     _record(study, {"lora.rank": 4}, rank, {**attrs, "duplicate_of": 0}, values=0.9)
     frame = trials_frame([optuna.load_study(study_name="dup", storage=url)])
     assert len(frame) == 2 and list(tables.complete(frame)["number"]) == [0]
+    counts = tables.state_counts(frame).set_index("study")
+    assert counts.loc["dup", "COMPLETE"] == 1 and counts.loc["dup", "reused"] == 1
+    md = main(["--storage", url, "--out", str(tmp_path / "r"), "--quiet", "--no-dashboard"])["markdown"].read_text()
+    assert "From 2 trials in 1 study (dup): 1 complete, 1 reused a finished twin's result (counted once)." in md
+    assert "| dup#1 | 0 |" in md
