@@ -71,6 +71,29 @@ def format_example(instruction: str, input: str, output: str, style: str = "alpa
     return format_prompt(instruction, input, style) + output + EOT_TOKEN
 
 
+def validation_prompts(records: list[dict[str, str]], size: int, seed: int) -> list[dict[str, str]]:
+    """The validation rows a trial generates for (and the judge scores) during the search.
+
+    `size` rows, half with an input and half without (the test split's rule), drawn with the split seed
+    (`task.seed`), so every trial of a study sees the same rows whatever its `trainer.seed`; in validation order.
+    """
+    has_input = np.array([r["input"].strip() != "" for r in records], dtype=bool)
+    n_with = size // 2
+    n_without = size - n_with
+    with_pool, without_pool = np.flatnonzero(has_input), np.flatnonzero(~has_input)
+    if n_with > len(with_pool) or n_without > len(without_pool):
+        raise DataError(
+            f"task.val_generate_size must fit in the validation split (half with an input, half without), but got "
+            f"val_generate_size={size} for {len(with_pool)} validation rows with an input and {len(without_pool)} "
+            "without; lower task.val_generate_size or raise task.val_size"
+        )
+    rng = np.random.default_rng([seed, 1])  # its own stream of the split seed: independent of the carve
+    chosen = np.concatenate(
+        [rng.choice(with_pool, n_with, replace=False), rng.choice(without_pool, n_without, replace=False)]
+    )
+    return [records[i] for i in np.sort(chosen)]
+
+
 class Alpaca(Task):
     """Stanford Alpaca (Taori et al. 2023, CC BY-NC 4.0), a causal LM task scored by loss and perplexity."""
 
@@ -88,6 +111,7 @@ class Alpaca(Task):
         "max_length": 512,
         "mask_prompt": True,
         "prompt_style": "alpaca",
+        "val_generate_size": 100,
         "seed": 0,
     }
 
@@ -98,6 +122,9 @@ class Alpaca(Task):
                 f"task.prompt_style must be one of {', '.join(PROMPT_STYLES)}, "
                 f"but got prompt_style={s['prompt_style']!r}"
             )
+        vg = s.get("val_generate_size")
+        if isinstance(vg, bool) or not isinstance(vg, int) or vg < 0:
+            out.append(f"`task.val_generate_size >= 0` must hold (a row count), but got val_generate_size={vg!r}")
         mc = s.get("max_output_chars")
         if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
             out.append(f"`task.max_output_chars >= 1` must hold (or null = no limit), but got max_output_chars={mc!r}")
@@ -142,12 +169,12 @@ class Alpaca(Task):
         plan = self._carve(df, s, source)
         enc = get_tokenizer()
         log.info("%s: tokenizing %d records from %s", self.name, sum(len(r) for r in plan.values()), source.description)
-        splits, info_splits, test_records = {}, {}, None
+        splits, info_splits, records = {}, {}, {}
         for split in ("train", "val", "test"):
             part = df.iloc[plan[split]]
             splits[split], info_splits[split], kept = self._tokenize(part, split, s, max_length, enc)
-            if split == "test":
-                test_records = part.iloc[kept][list(FIELDS)].to_dict("records")
+            if split != "train":  # the prompts a trial may generate for (validation: a fixed subset of them)
+                records[split] = part.iloc[kept][list(FIELDS)].to_dict("records")
         info = {
             "task": self.name,
             "kind": self.kind,
@@ -158,7 +185,7 @@ class Alpaca(Task):
             "dropped": dropped,
             "splits": info_splits,
         }
-        return splits, {"info": info, "test_records": test_records}
+        return splits, {"info": info, "test_records": records["test"], "val_records": records["val"]}
 
     def _clean(self, df: pd.DataFrame, s: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, int]]:
         """String fields checked; records without instruction or output, or with too long an output, dropped."""

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 TRUNCATION_SIDES = ("right", "left")
 # settings that only say where the data lives (its content is hashed instead) or do not change the tokens
-NOT_IN_CACHE_KEY = frozenset({"name", "objective", "path", "train_path", "val_path", "test_path", "mask_prompt"})
+NOT_IN_CACHE_KEY = frozenset(
+    {"name", "objective", "path", "train_path", "val_path", "test_path", "mask_prompt", "val_generate_size"}
+)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class TaskData:
     test: TokenizedSplit
     info: dict[str, Any] = field(default_factory=dict)
     test_records: list[dict[str, str]] | None = None  # alpaca: instruction, input, output of each test row
+    val_records: list[dict[str, str]] | None = None  # alpaca: the same for each validation row
     class_names: tuple[str, ...] | None = None
 
     def splits(self) -> dict[str, TokenizedSplit]:
@@ -163,6 +166,7 @@ class Task:
             **splits,
             info=meta["info"],
             test_records=meta.get("test_records"),
+            val_records=meta.get("val_records"),
             class_names=self._class_names,
         )
 
@@ -176,7 +180,7 @@ class Task:
     def build(
         self, settings: dict[str, Any], source: Source, max_length: int
     ) -> tuple[dict[str, TokenizedSplit], dict[str, Any]]:
-        """Read, carve and tokenize: the splits and ``{"info": ..., "class_names"?, "test_records"?}``."""
+        """Read, carve and tokenize: the splits and ``{"info", "class_names"?, "test_records"?, "val_records"?}``."""
         raise NotImplementedError
 
     # --------------------------------------------------------------------------------------- loss, metrics

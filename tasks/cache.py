@@ -23,7 +23,7 @@ from tasks.batching import TokenizedSplit
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cached layout or the tokenization rules change
+CACHE_VERSION = 2  # bump when the cached layout or the tokenization rules change (2: alpaca keeps val records)
 SPLITS = ("train", "val", "test")
 
 

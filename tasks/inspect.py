@@ -1,9 +1,9 @@
 """Look at a task's data before spending compute on it: ``python -m tasks.inspect task=<name> [overrides]``.
 
 Composes the same Hydra config as sweep.py (conf/config.yaml with your overrides), loads the task exactly as a
-trial would (through the token cache), and prints per split: size, per-class counts (classification) or
-with/without-input counts (alpaca), token-length percentiles, rows dropped or truncated and why, and one rendered
-example. Bad data exits with status 1 and the one-line error.
+trial would (through the token cache), and prints per split: size, per-class counts and the majority-class baseline
+(classification) or with/without-input counts (alpaca), token-length percentiles, rows dropped or truncated and why,
+and one rendered example. Bad data exits with status 1 and the one-line error.
 
     python -m tasks.inspect task=sms_spam
     python -m tasks.inspect task=sst2 task.path=data/SST-2 model=tiny
@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
 from tasks.base import Task, TaskData
+from tasks.baselines import majority_baseline
 from tasks.batching import TokenizedSplit
 from tasks.registry import get_task
 from tasks.tokenizer import get_tokenizer
@@ -119,8 +120,23 @@ def report(task: Task, data: TaskData) -> str:
             dropped = ", ".join(f"{k}={v}" for k, v in s.get("dropped", {}).items() if v) or "0"
             inputs = [str(s["with_input"]), str(s["without_input"])]
             rows.append([name, str(len(split)), *inputs, *_lengths_row(split), str(s["truncated"]), dropped])
-    lines += ["", _table(header, rows), "", "example: " + _example(task, data)]
+    lines += ["", _table(header, rows)]
+    if data.train.labels is not None:
+        lines += ["", _majority(data)]
+    lines += ["", "example: " + _example(task, data)]
     return "\n".join(lines)
+
+
+def _majority(data: TaskData) -> str:
+    """The majority-class row: what always predicting the train split's most frequent class scores per split."""
+    splits = {name: split.labels for name, split in data.splits().items() if split.labels is not None}
+    row = majority_baseline(data.train.labels, splits, data.class_names)
+    scores = "; ".join(
+        f"{name} accuracy {row[f'majority_{name}_accuracy']:.3f}, macro-F1 {row[f'majority_{name}_macro_f1']:.3f}"
+        for name in splits
+        if f"majority_{name}_accuracy" in row
+    )
+    return f"majority class {row['majority_class']!r} (the train split's), always predicted: {scores}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

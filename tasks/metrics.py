@@ -14,29 +14,35 @@ from omegaconf import ListConfig
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
 
-# objective name -> (metrics.json key, direction); see ARCHITECTURE.md "Objectives and metric names"
+# objective name -> (metrics.json key, direction); see ARCHITECTURE.md "Objectives and metric names". Every key is a
+# validation metric: test data never steers a search (generations and the judge run on a fixed validation subset)
 OBJECTIVES: dict[str, tuple[str, str]] = {
     "accuracy": ("val_accuracy", MAXIMIZE),
     "macro_f1": ("val_macro_f1", MAXIMIZE),
     "loss": ("val_loss", MINIMIZE),
     "perplexity": ("val_perplexity", MINIMIZE),
-    "judge": ("judge_mean", MAXIMIZE),
-    "rouge_l": ("rouge_l", MAXIMIZE),
+    "judge": ("val_judge_mean", MAXIMIZE),
+    "rouge_l": ("val_rouge_l", MAXIMIZE),
 }
 
-# metrics.json keys that may be named directly as objectives (e.g. accuracy vs trainable_params)
+# what the validation loop measures (task.evaluate): the metrics it can watch for early stopping and pruning
+LOOP_METRICS = frozenset({"loss", "accuracy", "macro_f1", "perplexity"})
+# what alpaca's generations give (tasks.judge): measured once, at the end, on the split's prompts
+GENERATION_METRICS = frozenset({"rouge_l", "exact_match", "judge_mean"})
+
+# metrics.json keys that may be named directly as objectives (e.g. accuracy vs trainable_params); test_* keys
+# have directions (the report sorts by them) but are refused as objectives
 METRIC_DIRECTIONS: dict[str, str] = {
     **{f"{split}_{m}": MAXIMIZE for split in ("val", "test") for m in ("accuracy", "macro_f1")},
     **{f"{split}_{m}": MINIMIZE for split in ("val", "test") for m in ("loss", "perplexity")},
-    "judge_mean": MAXIMIZE,
-    "rouge_l": MAXIMIZE,
-    "exact_match": MAXIMIZE,
+    **{f"{split}_{m}": MAXIMIZE for split in ("val", "test") for m in sorted(GENERATION_METRICS)},
     "trainable_params": MINIMIZE,
     "trainable_pct": MINIMIZE,
     "peak_memory_mb": MINIMIZE,
     "wall_time_s": MINIMIZE,
     "train_time_s": MINIMIZE,
     "tokens_per_s": MAXIMIZE,
+    "step_time_s": MINIMIZE,
 }
 
 
@@ -44,11 +50,16 @@ def objective_key(name: str) -> str:
     """The metrics.json key behind objective `name` (an objective name or a metrics key itself)."""
     if name in OBJECTIVES:
         return OBJECTIVES[name][0]
+    if name.startswith("test_"):
+        raise ValueError(
+            "objective must not be a test metric: test data never steers a search (select on validation, then "
+            f"confirm; use {'val_' + name.removeprefix('test_')!r}), but got objective={name!r}"
+        )
     if name in METRIC_DIRECTIONS:
         return name
+    allowed = sorted(k for k in METRIC_DIRECTIONS if not k.startswith("test_"))
     raise ValueError(
-        f"objective must be one of {sorted(OBJECTIVES)} or a metrics key of {sorted(METRIC_DIRECTIONS)}, "
-        f"but got objective={name!r}"
+        f"objective must be one of {sorted(OBJECTIVES)} or a metrics key of {allowed}, but got objective={name!r}"
     )
 
 

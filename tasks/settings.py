@@ -18,6 +18,7 @@ from tasks.train.runtime import DEVICES, PRECISIONS
 
 LORA_TARGETS = ("qkv", "attn_proj", "fc", "mlp_proj")
 FINETUNE_MODES = ("full", "lora")
+PHASES = ("search", "confirm")  # a search trial never sees test generations; a confirmation run scores them
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,10 @@ def check_config(cfg: DictConfig, n_layer: int | None = None) -> None:
     for key in ("max_steps", "eval_every", "patience", "max_eval_batches", "grad_clip", "num_threads", "bucket"):
         _positive(problems, f"trainer.{key}", tr.get(key), allow_none=True)
     _positive(problems, "trainer.eval_batch_size", tr.get("eval_batch_size"), allow_none=True)
+    _in(problems, "trainer.phase", tr.get("phase", "search"), PHASES)
+    confirms = tr.get("confirms")
+    if confirms is not None and (isinstance(confirms, bool) or not isinstance(confirms, int) or confirms < 0):
+        problems.append(f"trainer.confirms must be a trial number >= 0 or null, but got trainer.confirms={confirms!r}")
     _in(problems, "trainer.device", tr.device, DEVICES)
     _in(problems, "trainer.precision", tr.precision, PRECISIONS)
 

@@ -131,7 +131,7 @@ def test_evaluate_generations_writes_every_output(enc, tmp_path: Path, monkeypat
 
 def test_bad_records_and_budgets_fail_before_generating(enc) -> None:
     gpt = successor_model(enc, [EOT_ID])
-    with pytest.raises(ValueError, match=r"test record 1 must have string fields .*'output': 'NoneType'"):
+    with pytest.raises(ValueError, match=r"record 1 must have string fields .*'output': 'NoneType'"):
         generate_responses(gpt, [RECORDS[0], {"instruction": "x", "input": ""}], GREEDY, device="cpu")
     too_long = GenerationSettings(max_new_tokens=5000, temperature=0.0, top_k=None, top_p=None, batch_size=1)
     with pytest.raises(ValueError, match="max_new_tokens < n_positions` must hold, but got max_new_tokens=5000"):

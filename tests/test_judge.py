@@ -320,7 +320,8 @@ def test_rescore_command_rejects_bad_input_in_one_line(tmp_path: Path, capsys) -
     run.mkdir()
     assert main([str(run)]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"error: RUN_DIR must hold generations.jsonl from an alpaca trial, but got run_dir={str(run)!r} without it"
+        "error: RUN_DIR must hold one of val_generations.jsonl, test_generations.jsonl, generations.jsonl from an "
+        f"alpaca trial, but got run_dir={str(run)!r} without any"
     )
     (run / "generations.jsonl").write_text(json.dumps(rows("a")[0]) + "\n")
     assert main([str(run), "judge.modle=x"]) == 1

@@ -45,7 +45,7 @@ def test_grid_over_lora_rank_gives_two_complete_trials_with_params_and_all_user_
         assert user_attrs_from_metrics(metrics).items() <= trial.user_attrs.items()
         assert trial.user_attrs["lora_rank"] == trial.params["lora.rank"]
         assert trial.value == metrics["objective"]["value"] == trial.user_attrs["val_accuracy"]
-        assert sorted(trial.intermediate_values) == [4, 8], "each evaluation is an intermediate value"
+        assert sorted(trial.intermediate_values) == [0, 4, 8], "the untouched model (step 0) and each evaluation"
     sweep_dir = tmp_path / "outputs" / "sweeps" / "sms_spam-tiny-lora"
     assert (sweep_dir / "optimization_results.yaml").exists()
     assert {p.name for p in sweep_dir.glob("trial_*")} == {"trial_0", "trial_1"}

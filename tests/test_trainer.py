@@ -33,7 +33,8 @@ def sms_args(shared_data):
 def alpaca_args(shared_data):
     return [
         "model=tiny", "task=alpaca", f"task.path={shared_data / 'alpaca' / 'alpaca_sample.json'}",
-        "task.train_size=400", "task.val_size=64", "task.test_size=8", "judge.enabled=false",
+        "task.train_size=400", "task.val_size=64", "task.test_size=8", "task.val_generate_size=8",
+        "judge.enabled=false",
     ]  # fmt: skip
 
 
@@ -183,6 +184,8 @@ def test_sms_spam_trial_beats_the_majority_class(sms_args, tmp_path):
     counts = metrics["data"]["splits"]["val"]["class_counts"]
     majority = max(counts.values()) / sum(counts.values())
     assert metrics["metrics"]["val_accuracy"] > majority + 0.02
+    assert metrics["metrics"]["majority_val_accuracy"] == pytest.approx(majority)
+    assert metrics["metrics"]["learned"] is True and metrics["metrics"]["flags"] == ""
     assert metrics["train_curve"][0]["step"] == 1 and len(metrics["train_curve"]) == 150
     assert metrics["trainable_params"] == metrics["total_params"] > 0
 
@@ -191,7 +194,7 @@ def test_sms_spam_trial_beats_the_majority_class(sms_args, tmp_path):
 def test_alpaca_trial_lowers_validation_perplexity(alpaca_args, tmp_path):
     run_sweep_py(
         *alpaca_args, "finetune=full", "optim.lr=2e-3", "trainer.max_steps=40", "trainer.batch_size=8",
-        "trainer.eval_every=20", "trainer.eval_at_start=true", f"hydra.run.dir={tmp_path}",
+        "trainer.eval_every=20", f"hydra.run.dir={tmp_path}",
         f"paths.root_dir={tmp_path}",
     )  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())

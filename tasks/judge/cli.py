@@ -1,7 +1,9 @@
 """`python -m tasks.judge RUN_DIR [judge.<key>=<value> ...]`: re-score an old run's generations with the judge.
 
-Settings: the run's own judge config (its metrics.json), else conf/judge/gemini.yaml, then the overrides. Writes
-judge.jsonl and judge_summary.json into RUN_DIR and updates metrics.json's `metrics` there.
+Settings: the run's own judge config (its metrics.json), else conf/judge/gemini.yaml, then the overrides. Every
+generated split of the run is re-scored (`val_generations.jsonl`, `test_generations.jsonl`, or an older run's
+`generations.jsonl`): its judge.jsonl and judge_summary.json are rewritten and metrics.json's `metrics` updated under
+the split's names (`val_judge_mean`, `test_judge_mean`, or `judge_mean` for an older run).
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from common.files import write_atomic
-from tasks.judge.generation import GENERATIONS_FILE, read_jsonl
-from tasks.judge.scoring import JUDGE_FILE, SUMMARY_FILE, fmt, judge_preflight, score_generations
+from tasks.judge.generation import read_jsonl
+from tasks.judge.outputs import GENERATED_SPLITS, LEGACY, SplitOutputs, generated_in
+from tasks.judge.scoring import fmt, judge_preflight, score_generations
 from tasks.judge.settings import JudgeUnavailableError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "judge" / "gemini.yaml"
 USAGE = """usage: python -m tasks.judge RUN_DIR [judge.<key>=<value> ...]
 
-Re-score RUN_DIR/generations.jsonl with the LLM judge; writes judge.jsonl and judge_summary.json into RUN_DIR and
-updates metrics.json's `metrics` there. Settings: the run's own judge config (metrics.json), else
+Re-score RUN_DIR's generations (val_generations.jsonl, test_generations.jsonl, or an older run's generations.jsonl)
+with the LLM judge; writes the split's judge.jsonl and judge_summary.json into RUN_DIR and updates metrics.json's
+`metrics` there (val_judge_mean, test_judge_mean, ...). Settings: the run's own judge config (metrics.json), else
 conf/judge/gemini.yaml, then the overrides, e.g. judge.model=gemini-flash-latest judge.repeats=3.
 The key comes from GOOGLE_API_KEY or GEMINI_API_KEY."""
 
@@ -56,27 +60,37 @@ def load_judge_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
         raise ValueError(f"overrides must name existing judge keys {sorted(cfg.keys())}, but got {name}") from exc
 
 
-def rescore_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float | int | str]:
-    """Re-score RUN_DIR/generations.jsonl; write judge.jsonl + judge_summary.json, update metrics.json's metrics."""
+def rescore_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, dict[str, float | int | str]]:
+    """Re-score every generated split of RUN_DIR; write its judge files, update metrics.json's metrics.
+
+    Returns each split's summary (bare keys), by split name ("" for a run from before the split prefix).
+    """
     run_dir = Path(run_dir)
-    generations = run_dir / GENERATIONS_FILE
-    if not generations.is_file():
+    found = generated_in(run_dir)
+    if not found:
+        names = ", ".join(SplitOutputs(s).generations for s in (*GENERATED_SPLITS, LEGACY))
         raise FileNotFoundError(
-            f"RUN_DIR must hold {GENERATIONS_FILE} from an alpaca trial, but got run_dir={str(run_dir)!r} without it"
+            f"RUN_DIR must hold one of {names} from an alpaca trial, but got run_dir={str(run_dir)!r} without any"
         )
     settings = judge_preflight(load_judge_config(run_dir, overrides), objective_needs_judge=True)
-    rows = read_jsonl(generations)
-    if not rows:
-        raise ValueError(f"{generations} must hold at least one generation, but got an empty file")
-    summary = score_generations(rows, settings, run_dir, objective_needs_judge=True)
+    rows = {o.split: read_jsonl(run_dir / o.generations) for o in found}
+    for o in found:
+        if not rows[o.split]:
+            raise ValueError(f"{run_dir / o.generations} must hold at least one generation, but got an empty file")
+    summaries = {
+        o.split: score_generations(rows[o.split], settings, run_dir, objective_needs_judge=True, split=o.split)
+        for o in found
+    }
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         data = json.loads(metrics_path.read_text(encoding="utf-8"))
-        metrics = {k: v for k, v in (data.get("metrics") or {}).items() if not k.startswith("judge_")}
-        metrics.update(summary)
+        metrics = dict(data.get("metrics") or {})
+        for o in found:
+            metrics = {k: v for k, v in metrics.items() if not o.owns(k)}
+            metrics.update(o.metric_names(summaries[o.split]))
         data["metrics"] = metrics
         write_atomic(metrics_path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", durable=True)
-    return summary
+    return summaries
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,13 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     run_dir = Path(args[0])
     try:
-        summary = rescore_run(run_dir, args[1:])
+        summaries = rescore_run(run_dir, args[1:])
     except (ValueError, FileNotFoundError, JudgeUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"judge {summary['judge_model']}: mean {fmt(summary.get('judge_mean'))} ± {fmt(summary.get('judge_std'))} "
-        f"over {summary['judge_n_scored']} scores ({summary['judge_n_failed']} failed), "
-        f"ROUGE-L {fmt(summary['rouge_l'])}; wrote {run_dir / JUDGE_FILE} and {run_dir / SUMMARY_FILE}"
-    )
+    for split, summary in summaries.items():
+        o = SplitOutputs(split)
+        print(
+            f"{split or 'generations'}: judge {summary['judge_model']}: mean {fmt(summary.get('judge_mean'))} ± "
+            f"{fmt(summary.get('judge_std'))} over {summary['judge_n_scored']} scores ({summary['judge_n_failed']} "
+            f"failed), ROUGE-L {fmt(summary['rouge_l'])}; wrote {run_dir / o.judge} and {run_dir / o.summary}"
+        )
     return 0

@@ -1,4 +1,4 @@
-"""Answer the alpaca test prompts with the trained model: batched, left-padded, KV-cached generation.
+"""Answer alpaca prompts (validation subset or test split) with the model: batched, left-padded, KV-cached decoding.
 
 The judge and ROUGE-L see only the response: generation stops at ``<|endoftext|>`` or where the model starts a
 new ``### Instruction:`` (a model trained without the end token runs on into an invented next example), and the
@@ -68,12 +68,12 @@ def cut_response(tokens: Sequence[int], token_bytes: Sequence[bytes], eos_token_
 def check_records(records: Sequence[Mapping[str, Any]]) -> None:
     """Each record is {instruction, input, output} with string values; raises naming the first bad row."""
     if not records:
-        raise ValueError("the alpaca test records must be non-empty, but got 0 records")
+        raise ValueError("the alpaca records to generate for must be non-empty, but got 0 records")
     for i, record in enumerate(records):
         missing = [name for name in RECORD_FIELDS if not isinstance(record.get(name), str)]
         if missing:
             raise ValueError(
-                f"test record {i} must have string fields {list(RECORD_FIELDS)}, but got "
+                f"record {i} must have string fields {list(RECORD_FIELDS)}, but got "
                 f"{ {name: type(record.get(name)).__name__ for name in missing} }"
             )
 

@@ -1,10 +1,11 @@
 """Scoring alpaca generations: free text metrics (ROUGE-L, exact match) and, when enabled, the Gemini judge.
 
 `evaluate_generations` is what a trial calls at its end; `score_generations` scores existing generations (also for
-`python -m tasks.judge RUN_DIR`, see `tasks.judge.cli`). Outputs in the run folder: `generations.jsonl` (one
-response per test record), `judge.jsonl` (per item: the k scores and raw replies, mean, std, failures, ROUGE-L,
-exact match) and `judge_summary.json` (the summary, the prompt template and its sha256, the settings). The
-summary's keys go into metrics.json's `metrics`.
+`python -m tasks.judge RUN_DIR`, see `tasks.judge.cli`). Outputs in the run folder, one set per generated split
+(`tasks.judge.outputs`: `val_` for the search's validation prompts, `test_` for a confirmation run's test prompts):
+`<split>_generations.jsonl` (one response per record), `<split>_judge.jsonl` (per item: the k scores and raw
+replies, mean, std, failures, ROUGE-L, exact match) and `<split>_judge_summary.json` (the summary, the prompt template
+and its sha256, the settings). The summary's keys, with the split's prefix, go into metrics.json's `metrics`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from omegaconf import DictConfig
 
 from common.files import write_atomic
 from tasks.judge.cache import JudgeCache
-from tasks.judge.generation import GENERATIONS_FILE, generate_responses, write_jsonl
+from tasks.judge.generation import generate_responses, write_jsonl
+from tasks.judge.outputs import outputs_of
 from tasks.judge.settings import API_KEY_ENV_VARS, JudgeSettings, JudgeUnavailableError, api_key_from_env
 from tasks.judge.text_metrics import exact_match, rouge_l_f1
 
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
 # the package's logger: the judge's summary and warnings come from "tasks.judge", whichever module writes them
 log = logging.getLogger("tasks.judge")
 
-JUDGE_FILE = "judge.jsonl"
-SUMMARY_FILE = "judge_summary.json"
+JUDGE_FILE = outputs_of("").judge  # the names without a split prefix (split="")
+SUMMARY_FILE = outputs_of("").summary
 
 
 def judge_preflight(judge_cfg: DictConfig | Mapping[str, Any], *, objective_needs_judge: bool) -> JudgeSettings:
@@ -55,16 +57,18 @@ def evaluate_generations(
     device: torch.device | str,
     objective_needs_judge: bool,
     prompt_style: str = "alpaca",
+    split: str = "",
 ) -> dict[str, float | int | str]:
     """Generate → generations.jsonl → judge (if enabled and a key is set) → judge.jsonl; return the summary.
 
     Args:
         model: a `model.GPT` (LoRA or not) on `device`.
-        records: the alpaca test records, dicts with `instruction`, `input`, `output`.
+        records: alpaca records (validation subset or test split), dicts with `instruction`, `input`, `output`.
         judge_cfg: the `judge` config node.
         run_dir: the trial's run folder.
         objective_needs_judge: the trial's objective is `judge`: a judge that cannot run is then an error.
         prompt_style: the task's `task.prompt_style`, for the generation prompts and the judge's input.
+        split: `val` or `test`: the prefix of the files written ("" = unprefixed names); the summary's keys stay bare.
 
     Raises:
         JudgeConfigError: a bad `judge` node (before any generation).
@@ -73,9 +77,9 @@ def evaluate_generations(
     settings = judge_preflight(judge_cfg, objective_needs_judge=objective_needs_judge)
     run_dir = Path(run_dir)
     rows = generate_responses(model, records, settings.generation, device=device, prompt_style=prompt_style)
-    path = write_jsonl(run_dir / GENERATIONS_FILE, rows)
+    path = write_jsonl(run_dir / outputs_of(split).generations, rows)
     log.info("wrote %d generations to %s", len(rows), path)
-    return score_generations(rows, settings, run_dir, objective_needs_judge=objective_needs_judge)
+    return score_generations(rows, settings, run_dir, objective_needs_judge=objective_needs_judge, split=split)
 
 
 def format_judge_input(instruction: str, input_text: str, prompt_style: str = "alpaca") -> str:
@@ -92,8 +96,10 @@ def score_generations(
     run_dir: Path,
     *,
     objective_needs_judge: bool,
+    split: str = "",
 ) -> dict[str, float | int | str]:
-    """Score existing generations (ROUGE-L, exact match, judge); write judge.jsonl and judge_summary.json."""
+    """Score existing generations (ROUGE-L, exact match, judge); write the split's judge.jsonl and summary file."""
+    files = outputs_of(split)
     items = [_text_scores(row) for row in rows]
     summary: dict[str, float | int | str] = _text_summary(items)
     summary.update(judge_model=settings.model, judge_prompt_sha256=settings.prompt_sha256)
@@ -113,8 +119,8 @@ def score_generations(
             status = "ok"
     summary["judge_status"] = status
 
-    write_jsonl(run_dir / JUDGE_FILE, items)
-    _write_summary(run_dir / SUMMARY_FILE, summary, settings)
+    write_jsonl(run_dir / files.judge, items)
+    _write_summary(run_dir / files.summary, summary, settings)
     if reason is not None:
         if objective_needs_judge:
             raise JudgeUnavailableError(f"objective=judge needs the LLM judge, but {reason}")
@@ -122,7 +128,7 @@ def score_generations(
     log.info(
         "judge summary: %s (files: %s, %s in %s)",
         ", ".join(f"{k}={fmt(v)}" for k, v in summary.items() if k != "judge_prompt_sha256"),
-        JUDGE_FILE, SUMMARY_FILE, run_dir,
+        files.judge, files.summary, run_dir,
     )  # fmt: skip
     return summary
 

@@ -1,9 +1,10 @@
 """The training loop: optimizer steps with gradient accumulation, validation, the best weights, early stop, pruning.
 
-`fit` runs the steps and calls `validate` every `trainer.eval_every` steps, at each epoch end and once at the end;
-`validate` records the point on the validation curve, keeps the best weights (on the CPU), reports to the sweep
-trial and says when to stop early. `FitState` holds everything the loop learned, filled in place, so a pruned
-trial's caller still has the curves.
+`fit` validates the untouched model first (step 0: the baseline every trial is compared with), runs the steps and
+calls `validate` every `trainer.eval_every` steps, at each epoch end and once at the end; `validate` records the
+point on the validation curve, keeps the best weights (on the CPU), reports to the sweep trial and says when to stop
+early. `FitState` holds everything the loop learned, filled in place, so a pruned trial's caller still has the
+curves; each optimizer step's time and tokens (evaluation excluded) feed `tasks.train.costs`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class FitState:
     stopped_early: bool = False
     train_curve: list[dict[str, float]] = field(default_factory=list)
     val_curve: list[dict[str, float]] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)  # seconds of each optimizer step (no evaluation inside)
+    step_tokens: list[int] = field(default_factory=list)  # tokens of each optimizer step
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ def validate(model: torch.nn.Module, task: Any, split: Any, runtime: Runtime, st
         state.evals_since_best = 0
     else:
         state.evals_since_best += 1
-    if how.trial is not None:
+    if how.trial is not None and state.step > 0:  # step 0 is the untouched model: nothing to prune on yet
         how.trial.report(value, state.step)
         if how.trial.should_prune():
             import optuna
@@ -237,8 +240,7 @@ def fit(
     total_steps = planned_steps(len(data.train), tr)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.precision == "fp16" else None
     model.train()
-    if tr.get("eval_at_start", False):
-        validate(model, task, data.val, runtime, state, how)
+    validate(model, task, data.val, runtime, state, how)  # step 0: the untouched model, the trial's own baseline
     last_eval_step = state.step
     with tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True, leave=False) as bar:
         for epoch in range(tr.epochs):
@@ -282,8 +284,11 @@ def _optimizer_step(
     loss = train_step(
         model, task, group, optimizer, runtime, step=state.step, lr=lr, grad_clip=cfg.trainer.grad_clip, scaler=scaler
     )
-    state.train_time_s += time.perf_counter() - t
-    state.train_tokens += sum(int(b["attention_mask"].sum()) for b in group)
+    seconds, tokens = time.perf_counter() - t, sum(int(b["attention_mask"].sum()) for b in group)
+    state.train_time_s += seconds
+    state.train_tokens += tokens
+    state.step_times.append(seconds)
+    state.step_tokens.append(tokens)
     state.step += 1
     state.train_curve.append({"step": state.step, "loss": loss, "lr": lr})
 

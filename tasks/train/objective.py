@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from tasks.metrics import objective_direction, objective_key
+from tasks.metrics import GENERATION_METRICS, LOOP_METRICS, objective_direction, objective_key
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,19 @@ class Objective:
 
     @property
     def on_validation(self) -> bool:
-        """Whether the (first) objective is measured on the validation split, so the loop can watch it."""
-        return self.keys[0].startswith("val_")
+        """Whether the (first) objective is measured by the validation loop, so the loop can watch it (generation
+        metrics such as `val_judge_mean` are validation metrics too, but measured once, after training)."""
+        return self.keys[0].startswith("val_") and self.keys[0].removeprefix("val_") in LOOP_METRICS
+
+    @property
+    def needs_judge(self) -> bool:
+        """Whether a value comes from the LLM judge: a judge that cannot run then fails the trial."""
+        return any(k.endswith("judge_mean") for k in self.keys)
+
+    @property
+    def needs_generations(self) -> bool:
+        """Whether a value comes from the validation prompts' generations (ROUGE-L, exact match, the judge)."""
+        return any(k.removeprefix("val_") in GENERATION_METRICS for k in self.keys)
 
     @classmethod
     def from_config(cls, objective: Any) -> Objective:

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.files import write_atomic
 from tasks.settings import config_fingerprint
+from tasks.train.costs import machine, machine_load, steady_state
 from tasks.train.loop import FitState
 from tasks.train.objective import Objective
 from tasks.train.runtime import PeakMemory, Runtime, code_version
@@ -60,6 +61,9 @@ def summary(cfg: DictConfig) -> dict[str, Any]:
         "grad_accum": tr.grad_accum,
         "epochs": tr.epochs,
         "max_steps": tr.max_steps,
+        "seed": tr.seed,  # a confirmation run differs from the trial it confirms in seed and phase only
+        "phase": tr.get("phase", "search"),
+        "confirms": tr.get("confirms"),
     }
 
 
@@ -75,10 +79,11 @@ class Recorder:
     params: tuple[int, int]  # trainable, total
     data_info: Mapping[str, Any]
     trial: Any  # the sweep trial, or None
+    load_start: Mapping[str, Any] = field(default_factory=dict)  # `costs.machine_load("start")` when the trial began
 
-    def pruned(self, state: FitState) -> dict[str, Any]:
-        """Keep what a pruned trial measured (curves, memory, throughput); the objective block stays empty."""
-        result = self.payload(state, dict(state.best_metrics), status="pruned")
+    def pruned(self, state: FitState, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Keep what a pruned trial measured (curves, memory, throughput, `extra` metrics); no objective block."""
+        result = self.payload(state, {**state.best_metrics, **(extra or {})}, status="pruned")
         write_metrics(self.out, result, self.trial)
         return result
 
@@ -106,10 +111,13 @@ class Recorder:
             "wall_time_s": time.perf_counter() - self.started,
             "train_time_s": state.train_time_s,
             "train_tokens": state.train_tokens,
-            "tokens_per_s": state.train_tokens / state.train_time_s if state.train_time_s else None,
+            **steady_state(state.step_times, state.step_tokens),  # tokens_per_s: the steady-state median
             "steps": state.step,
             "stopped_early": state.stopped_early,
             "device": str(self.runtime.device),
+            **machine(self.runtime.device),
+            **self.load_start,
+            **machine_load("end"),
             "precision": self.runtime.precision,
             "seed": self.cfg.trainer.seed,
             "run_dir": str(self.out),

@@ -3,8 +3,9 @@
 `run_trial(cfg)` is what `sweep.py` calls for every run, alone or inside an Optuna study. It checks the config,
 loads the task's tokenized splits, builds the model (pretrained or random, LoRA or full, frozen blocks), trains with
 warmup + decay, evaluates every `trainer.eval_every` steps and at each epoch end, keeps the best weights, scores
-the test split (and, for alpaca, generations and the LLM judge), and writes `metrics.json` into the run folder.
-Inside a sweep it reports validation values to the trial (for pruning) and attaches every metric to it.
+the test split (and, for alpaca, generations and the LLM judge on a fixed validation subset; on the test prompts only
+in a confirmation run, `trainer.phase=confirm`), and writes `metrics.json` into the run folder. Inside a sweep it
+reports validation values to the trial (for pruning) and attaches every metric to it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from omegaconf import DictConfig
 from tasks import Task, TaskData, get_task
 from tasks.settings import check_config, config_fingerprint
 from tasks.train.build import build_model, model_preset
+from tasks.train.costs import machine_load
 from tasks.train.errors import TrialOutOfMemoryError
 from tasks.train.handle import current_trial
 from tasks.train.loop import FitState, eval_batch_size, evaluate, fit, restore_best
 from tasks.train.objective import Objective
 from tasks.train.optim import build_optimizer
 from tasks.train.record import Recorder, log_done, resolved_config, reuse
+from tasks.train.reference import judged, references
 from tasks.train.runtime import PeakMemory, Runtime, resolve_runtime, seed_everything
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,13 @@ class Setup:
     memory: PeakMemory
     params: tuple[int, int]  # trainable, total
     watch: Objective  # the validation metric behind early stopping and pruning
+    val_prompts: list[dict[str, str]] | None  # alpaca: the validation rows generated for (and judged)
 
 
 def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the content of the run's `metrics.json`."""
     started = time.perf_counter()
+    load_start = machine_load("start")
     preset = model_preset(cfg)
     check_config(cfg, n_layer=preset.n_layer)
     objective = Objective.from_config(cfg.objective)
@@ -62,9 +67,12 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
         return reuse(twin, trial, out, started)
 
     setup = _setup(cfg, objective, runtime, preset.n_positions)
-    recorder = Recorder(cfg, runtime, out, started, setup.memory, setup.params, getattr(setup.data, "info", {}), trial)
+    info = getattr(setup.data, "info", {})
+    recorder = Recorder(cfg, runtime, out, started, setup.memory, setup.params, info, trial, load_start)
     state = _fit(cfg, setup, runtime, objective, recorder)
     metrics = _evaluate(cfg, setup, state, runtime, objective, out)
+    metrics.update(references(setup.data, state))
+    metrics.update(judged(metrics, setup.data, setup.watch))
     if cfg.trainer.save_checkpoint:
         from model.checkpoint import save_trainable
 
@@ -92,12 +100,13 @@ def _setup(cfg: DictConfig, objective: Objective, runtime: Runtime, n_positions:
     if task.kind == "lm":
         from tasks.judge import judge_preflight
 
-        judge_preflight(cfg.judge, objective_needs_judge="judge" in objective.names)
+        judge_preflight(cfg.judge, objective_needs_judge=objective.needs_judge)
     # the validation metric behind early stopping and pruning: the objective when it is measured on the
     # validation split, else the task's own (e.g. perplexity when the objective is the end-of-trial judge)
     watch = objective if objective.on_validation else Objective.from_config(cfg.task.objective)
     memory = PeakMemory(runtime.device)
     data = task.load(cfg.task, n_positions=n_positions, cache_dir=cfg.paths.cache_dir)
+    val_prompts = _validation_prompts(task, data, objective)
     model = build_model(cfg, task.num_classes, runtime)
     params = count_parameters(model)
     log.info(
@@ -106,7 +115,26 @@ def _setup(cfg: DictConfig, objective: Objective, runtime: Runtime, n_positions:
         100 * params[0] / params[1], runtime.device, runtime.precision,
     )  # fmt: skip
     optimizer = build_optimizer(model, cfg.optim, runtime.device)
-    return Setup(task, data, model, optimizer, memory, params, watch)
+    return Setup(task, data, model, optimizer, memory, params, watch, val_prompts)
+
+
+def _validation_prompts(task: Task, data: TaskData, objective: Objective) -> list[dict[str, str]] | None:
+    """The fixed validation subset a trial generates for (`task.val_generate_size`); None when nothing is generated.
+
+    An objective measured on generations (`judge`, `rouge_l`) without them fails here, before the model is built.
+    """
+    size = task.settings.get("val_generate_size") or 0
+    if data.val_records is not None and size:
+        from tasks.alpaca import validation_prompts
+
+        return validation_prompts(data.val_records, size, task.settings["seed"])
+    if objective.needs_generations:
+        why = "task.val_generate_size=0" if data.val_records is not None else f"task {task.name} generates nothing"
+        raise ValueError(
+            f"objective={','.join(objective.names)} is measured on generations for validation prompts, but {why}; "
+            "set task.val_generate_size > 0 (alpaca) or pick a validation-loop objective"
+        )
+    return None
 
 
 def _fit(cfg: DictConfig, setup: Setup, runtime: Runtime, objective: Objective, recorder: Recorder) -> FitState:
@@ -121,7 +149,7 @@ def _fit(cfg: DictConfig, setup: Setup, runtime: Runtime, objective: Objective, 
             report=objective.on_validation and not objective.is_multi,
         )  # fmt: skip
     except optuna.TrialPruned:
-        recorder.pruned(state)
+        recorder.pruned(state, references(setup.data, state))
         raise
     except torch.OutOfMemoryError as exc:
         raise TrialOutOfMemoryError(
@@ -135,24 +163,37 @@ def _fit(cfg: DictConfig, setup: Setup, runtime: Runtime, objective: Objective, 
 def _evaluate(
     cfg: DictConfig, setup: Setup, state: FitState, runtime: Runtime, objective: Objective, out: Path
 ) -> dict[str, Any]:
-    """With the best weights: their validation metrics, the test split's, and for alpaca the generations + judge."""
+    """With the best weights: their validation metrics, the test split's, and for alpaca the generations + judge on
+    the validation subset (and, in a confirmation run only, on the test prompts)."""
     restore_best(setup.model, state)
     metrics: dict[str, Any] = {**state.best_metrics, "best_step": state.best_step}
     if len(setup.data.test):
         test = evaluate(setup.model, setup.task, setup.data.test, runtime, batch_size=eval_batch_size(cfg.trainer))
         metrics.update({f"test_{k}": v for k, v in test.items()})
-    if setup.data.test_records:  # alpaca: generate for the test prompts, then ROUGE-L and (when enabled) the judge
-        from tasks.judge import evaluate_generations
-
-        metrics.update(
-            evaluate_generations(
-                setup.model,
-                setup.data.test_records,
-                cfg.judge,
-                out,
-                device=runtime.device,
-                objective_needs_judge="judge" in objective.names,
-                prompt_style=cfg.task.get("prompt_style", "alpaca"),
-            )
-        )
+    generated = {"val": setup.val_prompts}
+    if cfg.trainer.get("phase", "search") == "confirm":
+        generated["test"] = setup.data.test_records
+    for split, records in generated.items():
+        if records:  # alpaca: generate, then ROUGE-L / exact match and (when enabled) the judge
+            metrics.update(_generations(cfg, setup, runtime, objective, out, records, split))
     return metrics
+
+
+def _generations(
+    cfg: DictConfig, setup: Setup, runtime: Runtime, objective: Objective, out: Path, records: list, split: str
+) -> dict[str, Any]:
+    """One split's generations and their scores, under the split's metric names (`val_rouge_l`, `test_judge_mean`)."""
+    from tasks.judge import evaluate_generations
+    from tasks.judge.outputs import outputs_of
+
+    summary = evaluate_generations(
+        setup.model,
+        records,
+        cfg.judge,
+        out,
+        device=runtime.device,
+        objective_needs_judge=objective.needs_judge,
+        prompt_style=cfg.task.get("prompt_style", "alpaca"),
+        split=split,
+    )
+    return outputs_of(split).metric_names(summary)
