@@ -18,8 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper._optuna_private import GRID_ID_ATTR, GRID_SPACE_ATTR, study_storage, trial_id
 from sweeper._outcome import tell
 
 USED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -64,9 +66,10 @@ class Budget:
         if sum(t.state in USED for t in earlier) >= self.n_trials:
             return False
         if self.n_grid is not None:
-            frozen = study._storage.get_trial(trial._trial_id)
+            frozen = study_storage(study).get_trial(trial_id(trial))
             mine = self._grid_id(frozen)
-            replaced = set(frozen.system_attrs.get("retry_history", []))  # a retry re-runs a failed trial's point
+            # a retry re-runs a failed trial's point
+            replaced = set(RetryHeartbeatStaleTrialCallback.retry_history(frozen))
             taken = [t for t in earlier if t.state != TrialState.WAITING and t.number not in replaced]
             if mine is not None and any(self._grid_id(t) == mine for t in taken):
                 return False  # another worker took this grid point first
@@ -74,17 +77,17 @@ class Budget:
 
     def discard(self, study: optuna.Study, trial: optuna.Trial) -> None:
         """Close a trial that must not run, leaving its grid point free for a later run."""
-        storage = study._storage
-        if "grid_id" in storage.get_trial_system_attrs(trial._trial_id):
-            storage.set_trial_system_attr(trial._trial_id, "grid_id", -1)
-        storage.set_trial_system_attr(trial._trial_id, DISCARDED_ATTR, True)
+        storage, tid = study_storage(study), trial_id(trial)
+        if GRID_ID_ATTR in storage.get_trial_system_attrs(tid):
+            storage.set_trial_system_attr(tid, GRID_ID_ATTR, -1)
+        storage.set_trial_system_attr(tid, DISCARDED_ATTR, True)
         trial.set_user_attr("fail_reason", NOT_RUN)
         tell(study, trial, TrialState.FAIL)
 
     def _grid_id(self, trial: FrozenTrial) -> int | None:
         attrs = trial.system_attrs
-        grid_id = attrs.get("grid_id")
-        if grid_id is None or attrs.get("search_space") != self.grid_space or not 0 <= grid_id < (self.n_grid or 0):
+        grid_id = attrs.get(GRID_ID_ATTR)
+        if grid_id is None or attrs.get(GRID_SPACE_ATTR) != self.grid_space or not 0 <= grid_id < (self.n_grid or 0):
             return None
         return grid_id
 

@@ -18,6 +18,8 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
+from sweeper._optuna_private import study_storage, trial_id
+
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 2000
@@ -88,16 +90,16 @@ def record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, run_dir: 
     Writing again after a lost connection is safe: a state already written is kept. The stored state differs
     from the outcome only when another worker failed the trial meanwhile (its heartbeat lapsed).
     """
-    storage = study._storage
+    storage, tid = study_storage(study), trial_id(trial)
     try:
         if outcome.reason is not None:
             trial.set_user_attr("fail_reason", outcome.reason)
-        if run_dir is not None and "run_dir" not in storage.get_trial_user_attrs(trial._trial_id):
+        if run_dir is not None and "run_dir" not in storage.get_trial_user_attrs(tid):
             trial.set_user_attr("run_dir", run_dir)
         tell(study, trial, outcome.state, outcome.values)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # finished elsewhere: the state below says how
-    return storage.get_trial(trial._trial_id).state
+    return storage.get_trial(tid).state
 
 
 def log_failure(number: int, outcome: Outcome) -> None:
