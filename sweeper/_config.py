@@ -82,7 +82,7 @@ class QMCSamplerConf:
 
 @dataclass
 class MOTPESamplerConf:
-    # removed from Optuna (4.0): kept so old configs load; the sweeper runs TPESampler and says so
+    # removed from Optuna (4.0): kept so that selecting it gets one line naming its replacements (tpe, nsgaii)
     _target_: str = "optuna.samplers.MOTPESampler"
     seed: int | None = None
     n_startup_trials: int = 10

@@ -22,7 +22,7 @@ from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warni
 from sweeper._loop import TrialLoop
 from sweeper._pruners import GROUP_BY, GroupedPruner, build_pruner, pruner_name
 from sweeper._results import report, summarize, write_results
-from sweeper._samplers import build_sampler, sampler_name
+from sweeper._samplers import build_sampler, sampler_class, sampler_name
 from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
 from sweeper._storage import (
     HeartbeatSettings,
@@ -100,7 +100,8 @@ class OptunaSweeper:
         assert self.config is not None and self.hydra_context is not None
         s = self.settings
         params = [f"{key}={_param_text(value)}" for key, value in s.params.items()]
-        space = parse_search_space(params + list(arguments), self.hydra_context.config_loader)
+        is_grid = sampler_class(s.sampler) is optuna.samplers.GridSampler
+        space = parse_search_space(params + list(arguments), self.hydra_context.config_loader, grid=is_grid)
         sampler, n_grid = build_sampler(s.sampler, space)
         if n_grid is not None and self.custom_search_space is not None:
             raise ValueError(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.samplers import GridSampler, NSGAIISampler, QMCSampler, RandomSampler, TPESampler
+from optuna.samplers import GridSampler, NSGAIISampler, QMCSampler, RandomSampler
 
 from sweeper import parse_search_space
 from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
@@ -105,13 +105,13 @@ def test_every_sampler_and_pruner_config_has_a_target_optuna_knows():
     assert conf.direction == "${oc.select:direction,minimize}" and conf.max_failure_rate == 0.5
 
 
-def test_motpe_is_accepted_and_runs_tpe_with_a_message(caplog):
-    space = parse_search_space(["x=interval(0,1)"])
+def test_motpe_is_an_error_naming_its_replacements_not_a_quiet_switch_to_tpe():
     spec = {"_target_": "optuna.samplers.MOTPESampler", "seed": None, "n_startup_trials": 5}
-    with caplog.at_level(logging.WARNING):
-        sampler, _ = build_sampler(spec, space)
-    assert isinstance(sampler, TPESampler)
-    assert "MOTPESampler was removed from Optuna" in caplog.text and "hydra/sweeper/sampler=tpe" in caplog.text
+    with pytest.raises(ValueError, match=r"MOTPESampler was deprecated in Optuna 2.9 in favour of TPESampler") as info:
+        build_sampler(spec, None)
+    message = str(info.value)
+    assert "but got hydra/sweeper/sampler=motpe" in message
+    assert "hydra/sweeper/sampler=tpe" in message and "hydra/sweeper/sampler=nsgaii" in message
 
 
 def test_unknown_sampler_argument_and_class_fail_when_the_sweeper_is_built():

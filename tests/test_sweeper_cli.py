@@ -1,0 +1,86 @@
+"""The command line does what the user typed: `python sweep.py -m ...` on the tiny model, a real SQLite study.
+
+Each test runs sweep.py as a subprocess (as a user would) with trials of two optimizer steps on the shared SMS
+sample, then reads the study with Optuna.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from helpers import run_sweep_py
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+STUDY = "sms_spam-tiny-lora"
+
+
+def lean(shared_data: Path, tmp_path: Path) -> list[str]:
+    """A trial of two steps on a few rows: seconds each."""
+    return [
+        "-m", "model=tiny", "task=sms_spam", f"task.path={shared_data / 'sms_spam' / 'SMSSpamCollection'}",
+        "task.max_length=32", "task.val_size=0.02", "task.test_size=0.01", "trainer.max_steps=2",
+        "trainer.batch_size=4", "trainer.eval_batch_size=32", "trainer.max_eval_batches=1",
+        "trainer.save_checkpoint=false", f"paths.root_dir={tmp_path}", f"hydra.sweeper.storage={storage(tmp_path)}",
+    ]  # fmt: skip
+
+
+def storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 's.db'}"
+
+
+def load(tmp_path: Path, name: str = STUDY) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage(tmp_path))
+
+
+def job_config(trial: optuna.trial.FrozenTrial) -> dict:
+    return yaml.safe_load((Path(trial.user_attrs["run_dir"]) / ".hydra" / "config.yaml").read_text())
+
+
+def test_interval_is_a_float_range_and_casts_are_honoured(shared_data, tmp_path):
+    run_sweep_py(
+        *lean(shared_data, tmp_path), "optim.weight_decay=interval(0,1)", "trainer.max_steps=int(interval(1,2))",
+        "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=2", cwd=tmp_path,
+    )  # fmt: skip
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for trial in study.trials:
+        assert trial.distributions == {
+            "optim.weight_decay": FloatDistribution(0.0, 1.0),
+            "trainer.max_steps": IntDistribution(1, 2),
+        }
+        decay = trial.params["optim.weight_decay"]
+        assert 0 < decay < 1, "interval(0,1) samples between its ends, not only 0 and 1"
+        config = job_config(trial)
+        assert config["optim"]["weight_decay"] == decay
+        assert config["trainer"]["max_steps"] == trial.params["trainer.max_steps"]
+        assert isinstance(config["trainer"]["max_steps"], int)
+
+
+def test_range_under_the_grid_sampler_excludes_its_end_as_hydra_does(shared_data, tmp_path):
+    run_sweep_py(
+        *lean(shared_data, tmp_path), "trainer.batch_size=range(2,6,2)", "hydra/sweeper/sampler=grid", cwd=tmp_path
+    )
+    study = load(tmp_path)
+    assert sorted(t.params["trainer.batch_size"] for t in study.trials) == [2, 4]
+    assert {job_config(t)["trainer"]["batch_size"] for t in study.trials} == {2, 4}
+
+
+def test_the_removed_motpe_sampler_is_refused_in_one_line_naming_its_replacements(shared_data, tmp_path):
+    proc = run_sweep_py(
+        *lean(shared_data, tmp_path), "lora.rank=2,4", "hydra/sweeper/sampler=motpe", cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0
+    (line,) = [ln for ln in proc.stderr.splitlines() if "MOTPESampler" in ln]
+    assert "but got hydra/sweeper/sampler=motpe" in line and "sampler=tpe" in line and "sampler=nsgaii" in line
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "s.db").exists() or not load_all(tmp_path)
+
+
+def load_all(tmp_path: Path) -> list:
+    return [s for s in optuna.get_all_study_summaries(storage(tmp_path)) if s.n_trials]
