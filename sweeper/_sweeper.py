@@ -20,7 +20,8 @@ from sweeper._budget import Budget
 from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
 from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
-from sweeper._pruners import GROUP_BY, GroupedPruner, build_pruner, pruner_name
+from sweeper._optuna_private import study_storage, trial_id
+from sweeper._pruners import GROUP_ATTR, GROUP_BY, GroupedPruner, build_pruner, group_values, pruner_name
 from sweeper._results import report, summarize, write_results
 from sweeper._samplers import build_sampler, sampler_class, sampler_name
 from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
@@ -58,6 +59,7 @@ class OptunaSweeper:
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
+        self.pruner: optuna.pruners.BasePruner | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -112,7 +114,7 @@ class OptunaSweeper:
         self._set_study_name(study_name)
         self._check_composes(space, study_name)
         storage_url = absolute_url(s.storage, str(self.config.hydra.runtime.cwd))
-        pruner = build_pruner(s.pruner, s.multi_objective)
+        pruner = self.pruner = build_pruner(s.pruner, s.multi_objective)
         try:
             storage = open_storage(storage_url, heartbeat=heartbeat_settings(s), timeout_s=s.reconnect_timeout)
             study = open_study(storage, study_name, s.directions, sampler, pruner, s.metric_names)
@@ -146,7 +148,19 @@ class OptunaSweeper:
         task_overrides = space.overrides(values)
         sampled = task_overrides[len(space.fixed) :]  # the fixed ones were listed when the sweep started
         log.info("trial %d: %s", trial.number, " ".join(sampled) or "(no searched parameters)")
-        return task_overrides + _trial_identity(study_name, trial.number)
+        overrides = task_overrides + _trial_identity(study_name, trial.number)
+        self._record_group(trial, overrides)
+        return overrides
+
+    def _record_group(self, trial: optuna.Trial, overrides: list[str]) -> None:
+        """Record the trial's values of the pruner's group_by keys, read from its composed config (as the job
+        will see it), for GroupedPruner: a key nobody set on the command line still has its config value."""
+        keys = self.pruner.keys if isinstance(self.pruner, GroupedPruner) else []
+        if not keys:
+            return
+        assert self.config is not None and self.hydra_context is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        study_storage(trial.study).set_trial_system_attr(trial_id(trial), GROUP_ATTR, group_values(config, keys))
 
     def _launch(self, overrides: list[str], number: int) -> JobReturn:
         # the trial number is the job number: trial folders are trial_<number>, unique across workers
@@ -185,9 +199,6 @@ class OptunaSweeper:
         if isinstance(pruner, optuna.pruners.NopPruner):
             return
         keys = pruner.keys if isinstance(pruner, GroupedPruner) else []
-        for key in keys:
-            if key not in space.params and key not in space.fixed:
-                log.info("Pruner %s=%s: %r is not a parameter of this sweep (one value for all)", GROUP_BY, keys, key)
         across = [k for k in ("model", "finetune") if k in space.params and k not in keys]
         if across:
             log.warning(

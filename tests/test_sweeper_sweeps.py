@@ -301,21 +301,42 @@ def test_the_shim_works_when_the_project_is_pip_installed_beside_other_hydra_plu
     assert states(load(run_dir)) == ["COMPLETE", "COMPLETE"]
 
 
-@pytest.mark.parametrize("group_by", [None, "[model]"])
-def test_pruning_within_groups_compares_a_trial_only_with_its_own_model(tmp_path, group_by):
-    # medium's loss is small's + 0.5 at every step: against all trials, a medium trial looks bad; against the
-    # other medium trial (the same loss: x=0.5 and 1.5 are symmetric about the optimum) it is never worse.
-    # The grid's order for seed 3: medium, small, small, medium
+@pytest.mark.parametrize(
+    ("group_by", "expected"),
+    [
+        (None, [("medium", 3.0), ("small", 3.0), ("medium", 1.5)]),
+        ("[model]", [("medium", 3.0), ("small", 3.0)]),
+    ],
+)
+def test_pruning_within_groups_prunes_against_the_own_group_and_never_against_another(tmp_path, group_by, expected):
+    # medium's loss is small's + 0.5 at every step; x=0.5 and x=1.5 are equally good (symmetric about the optimum),
+    # x=3.0 is bad. The grid's order for seed 7: medium 0.5, medium 3.0, small 0.5, small 3.0, small 1.5, medium 1.5.
+    # Grouped by model, each x=3.0 trial is stopped against the x=0.5 trial of its own model, and medium 1.5 runs to
+    # the end (as good as medium 0.5); ungrouped, medium 1.5 is also stopped, for being medium (the small ones are
+    # better).
     args = [
-        "model=small,medium", "x=0.5,1.5", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=3",
+        "model=small,medium", "x=0.5,1.5,3.0", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=7",
         "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
     ]  # fmt: skip
     proc = run_app(tmp_path, *args, *([f"hydra.sweeper.pruner.group_by={group_by}"] if group_by else []))
     study = load(tmp_path, "toy-small+medium-lora")
-    pruned = [t.params["model"] for t in study.trials if t.state == TrialState.PRUNED]
+    order = [(t.params["model"], t.params["x"]) for t in study.trials]
+    assert order == [("medium", 0.5), ("medium", 3.0), ("small", 0.5), ("small", 3.0), ("small", 1.5), ("medium", 1.5)]
+    pruned = [(t.params["model"], t.params["x"]) for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned == expected, states(study)
     if group_by:
-        assert pruned == [], states(study)
         assert "MedianPruner within model" in proc.stderr + proc.stdout
     else:
-        assert pruned == ["medium"], "the last medium trial is measured against the small ones"
         assert "group_by=[model]" in proc.stderr + proc.stdout, "the sweep says how to compare within models"
+
+
+def test_a_group_by_key_neither_swept_nor_fixed_still_prunes(tmp_path):
+    # every trial is model=small from the app's config; the group is then the whole study, as without group_by
+    args = [
+        "x=0.5,3.0", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.group_by=[model,finetune]",
+    ]  # fmt: skip
+    proc = run_app(tmp_path, *args)
+    study = load(tmp_path)
+    assert [(t.params["x"], t.state.name) for t in study.trials] == [(0.5, "COMPLETE"), (3.0, "PRUNED")]
+    assert "one value for all" not in proc.stdout + proc.stderr
