@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
+from sweeper import isolated_job
 from tasks.judge_settings import JudgeUnavailableError
 from tasks.trainer import NonFiniteLossError, TrialOutOfMemoryError, run_trial
 
@@ -40,13 +41,15 @@ USER_ERRORS = (
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run one trial and return its objective (a tuple for multi-objective studies) to the sweeper."""
-    try:
-        metrics = run_trial(cfg)
-    except USER_ERRORS as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the trial as failed, with this reason
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        sys.exit(f"error: {message}")
+    # a launcher's worker process may run the next trial: nothing of this one (memory, torch threads) outlives it
+    with isolated_job():
+        try:
+            metrics = run_trial(cfg)
+        except USER_ERRORS as exc:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # the sweeper records the trial as failed, with this reason
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            sys.exit(f"error: {message}")
     value = metrics["objective"]["value"]
     return tuple(value) if isinstance(value, list) else value
 

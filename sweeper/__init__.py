@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sweeper._grammar import SearchSpace, parse_search_space
+    from sweeper._isolation import isolated_job
     from sweeper._trial import ENV_STUDY, ENV_TRIAL, TrialHandle, current_trial, user_attrs_from_metrics
 
 _LAZY = {
@@ -26,6 +27,7 @@ _LAZY = {
     "SearchSpace": "sweeper._grammar",
     "TrialHandle": "sweeper._trial",
     "current_trial": "sweeper._trial",
+    "isolated_job": "sweeper._isolation",
     "parse_search_space": "sweeper._grammar",
     "user_attrs_from_metrics": "sweeper._trial",
 }
@@ -36,6 +38,7 @@ __all__ = [
     "SearchSpace",
     "TrialHandle",
     "current_trial",
+    "isolated_job",
     "parse_search_space",
     "user_attrs_from_metrics",
 ]

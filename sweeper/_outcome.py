@@ -27,15 +27,25 @@ MAX_REASON_CHARS = 2000
 
 @dataclass(frozen=True)
 class Outcome:
+    """What a job's end means for its trial. Plain values only: holding the job's exception would keep its
+    traceback's frames (the trial's model and data) alive while the next trial runs."""
+
     state: TrialState
     values: list[float] | None = None
     reason: str | None = None
-    error: BaseException | None = None
+    traceback: str | None = None  # the job's exception, formatted
 
 
 def describe_error(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}".strip().rstrip(":")
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+def job_exception(ret: JobReturn | None) -> BaseException | None:
+    """The exception a failed job raised (Hydra keeps it in `_return_value`; `return_value` would re-raise it)."""
+    if ret is None or ret.status != JobStatus.FAILED:
+        return None
+    return ret._return_value
 
 
 def judge(
@@ -49,11 +59,12 @@ def judge(
         return Outcome(TrialState.FAIL, reason=f"{reason} ({note})" if note else reason)
     if ret is None or ret.status == JobStatus.UNKNOWN:
         return Outcome(TrialState.FAIL, reason="the launcher returned no result for this job")
-    if ret.status == JobStatus.FAILED:
-        error = ret._return_value  # the exception; the `return_value` property would re-raise it
+    error = job_exception(ret)
+    if error is not None:
         if isinstance(error, optuna.TrialPruned):
             return Outcome(TrialState.PRUNED)
-        return Outcome(TrialState.FAIL, reason=describe_error(error), error=error)
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+        return Outcome(TrialState.FAIL, reason=describe_error(error), traceback=text)
     return _values(ret.return_value, n_objectives)
 
 
@@ -103,9 +114,7 @@ def record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, run_dir: 
 
 
 def log_failure(number: int, outcome: Outcome) -> None:
-    error = outcome.error
-    if error is not None and error.__traceback__ is not None:
-        tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        log.warning("trial %d FAIL: %s\n%s", number, outcome.reason, tb.rstrip())
+    if outcome.traceback is not None:
+        log.warning("trial %d FAIL: %s\n%s", number, outcome.reason, outcome.traceback)
     else:
         log.warning("trial %d FAIL: %s", number, outcome.reason)

@@ -5,6 +5,7 @@ Each test runs `python tests/apps/quadratic.py -m ...` as a user would and then 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -340,3 +341,30 @@ def test_a_group_by_key_neither_swept_nor_fixed_still_prunes(tmp_path):
     study = load(tmp_path)
     assert [(t.params["x"], t.state.name) for t in study.trials] == [(0.5, "COMPLETE"), (3.0, "PRUNED")]
     assert "one value for all" not in proc.stdout + proc.stderr
+
+
+def probe(out: Path) -> str:
+    """tests/apps/leak_probe.py as a Hydra callback: one JSON line per job start."""
+    return f"+hydra.callbacks.probe={{_target_:leak_probe.LeakProbe,out:'{out}'}}"
+
+
+def test_nothing_of_a_complete_failed_or_pruned_trial_survives_into_the_next_one(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads() + 1  # every trial sets this; the next one must start with the default again
+    out = tmp_path / "probe.jsonl"
+    # grid order for seed 5: x=1.0 COMPLETE, x=5.0 FAIL (NaN), x=3.0 PRUNED, x=2.0 PRUNED (basic launcher: in-process)
+    run_app(
+        tmp_path, "x=1.0,5.0,3.0,2.0", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=5", "nan_above=4",
+        "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", "torch_module=true",
+        f"threads={threads}", probe(out),
+    )  # fmt: skip
+    study = load(tmp_path)
+    assert states(study) == ["COMPLETE", "FAIL", "PRUNED", "PRUNED"]
+    starts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s["job"] for s in starts] == [0, 1, 2, 3]
+    default = starts[0]["threads"]
+    assert default != threads
+    for before, start in zip(study.trials, starts[1:], strict=False):
+        assert start["alive"] == 0, f"the model of the {before.state.name} trial {before.number} is still alive"
+        assert start["threads"] == default, f"trial {before.number} set {threads} threads, and they stayed"
