@@ -24,7 +24,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
-from sweeper._optuna_private import heartbeat_enabled, max_retry, study_storage, trial_id
+from sweeper._optuna_private import heartbeat_enabled, max_retry, retry_history, study_storage, trial_id
 from sweeper._storage import first_line, is_transient, with_retries
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         self._timeout_s = timeout_s
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        runs = len(self.retry_history(trial)) + 1
+        runs = len(retry_history(trial)) + 1
         who = trial.user_attrs.get("worker", "a worker")
         silent = f"trial {trial.number} ({who}) sent no heartbeat for grace_period={self._grace_period} s: FAIL"
         limit = max_retry(self)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # (-1: no point). Public replacement: none; `GridSampler.is_exhausted(study)` answers only "all taken?".
 GRID_ID_ATTR = "grid_id"
 GRID_SPACE_ATTR = "search_space"
+RETRY_HISTORY_ATTR = "retry_history"  # see retry_history()
 
 
 def study_storage(study: optuna.Study) -> BaseStorage:
@@ -65,3 +66,13 @@ def max_retry(callback: optuna.storages.RetryHeartbeatStaleTrialCallback) -> int
     Public replacement: none (the constructor argument is not exposed).
     """
     return callback._max_retry
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the trials a retry (queued by `RetryHeartbeatStaleTrialCallback`) replaces: its system
+    attribute `retry_history`. The budget lets a retry re-run the point of the trial it replaces.
+
+    Public replacement: `RetryHeartbeatStaleTrialCallback.retry_history(trial)`, experimental: it warns at every
+    call (every budget check), and silencing that from worker threads is not thread-safe.
+    """
+    return list(trial.system_attrs.get(RETRY_HISTORY_ATTR, []))

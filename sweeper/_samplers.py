@@ -129,4 +129,5 @@ def build_sampler(spec: dict[str, Any], space: SearchSpace | None) -> tuple[Base
 
 
 def sampler_name(sampler: BaseSampler) -> str:
-    return repr(sampler) if isinstance(sampler, PerTrialSeedSampler) else type(sampler).__name__
+    """Optuna's class name; the sweeper's wrappers (per-trial seeds, distinct points) describe themselves."""
+    return repr(sampler) if type(sampler).__module__.startswith("sweeper.") else type(sampler).__name__

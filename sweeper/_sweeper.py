@@ -17,6 +17,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sweeper._budget import Budget
+from sweeper._finite import DistinctPointSampler, FiniteSpace
 from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
 from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
@@ -87,6 +88,14 @@ class OptunaSweeper:
             storage_name=mask_url(storage_url),
         )
         loop.run()
+        if budget.exhausted(study) and budget.n_trials < budget.requested:
+            assert budget.finite is not None
+            log.info(
+                "All %d points of the search space (%s) have run, each once: the sweep stops short of n_trials=%d.",
+                budget.finite.n_points,
+                budget.finite.describe(),
+                budget.requested,
+            )
 
         results = summarize(study, storage_url, budget.n_trials, space.recorded())
         path = write_results(results, Path(str(self.config.hydra.sweep.dir)))
@@ -125,7 +134,10 @@ class OptunaSweeper:
             ) from None
         if storage_url is None:
             register_local_study(study)
-        budget = Budget(s.n_trials, space.grid() if n_grid is not None else None)
+        finite = FiniteSpace.of(space) if n_grid is None and self.custom_search_space is None else None
+        if finite is not None:
+            sampler = study.sampler = DistinctPointSampler(study.sampler, finite, s.sampler.get("seed"))
+        budget = Budget(s.n_trials, space.grid() if n_grid is not None else None, finite)
         n_workers = 1 if isinstance(self.launcher, BasicLauncher) else s.n_jobs
         self._log_start(study, storage_url, space, budget, sampler, pruner, n_workers)
         self._check_pruner_groups(space, pruner)
@@ -235,9 +247,11 @@ class OptunaSweeper:
         for fixed in space.fixed.values():
             log.info("    %s (fixed)", f"{fixed.name}=***" if fixed.secret else fixed.override)
         grid = f" (grid of {budget.n_grid} points)" if budget.n_grid is not None else ""
+        if budget.finite is not None and budget.finite.n_points <= budget.requested:
+            grid = f" ({budget.finite.n_points} points in the search space: each runs once)"
         log.info(
             "Budget: n_trials=%d%s, %d already in the study, %d to run, %d at a time",
-            budget.n_trials,
+            budget.requested,
             grid,
             used,
             max(budget.left(study), 0),

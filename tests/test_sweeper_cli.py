@@ -84,3 +84,18 @@ def test_the_removed_motpe_sampler_is_refused_in_one_line_naming_its_replacement
 
 def load_all(tmp_path: Path) -> list:
     return [s for s in optuna.get_all_study_summaries(storage(tmp_path)) if s.n_trials]
+
+
+def test_a_list_is_its_points_under_tpe_each_runs_once_and_the_sweep_stops(shared_data, tmp_path):
+    args = [*lean(shared_data, tmp_path), "lora.rank=2,4,8"]  # the default sampler: TPE
+    run_sweep_py(*args, "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    first = sorted(t.params["lora.rank"] for t in load(tmp_path).trials)
+    assert len(first) == 2 and len(set(first)) == 2, "TPE drew a rank twice"
+    proc = run_sweep_py(*args, cwd=tmp_path)  # n_trials=20: only the third rank is left
+    study = load(tmp_path)
+    assert sorted(t.params["lora.rank"] for t in study.trials) == [2, 4, 8]
+    assert all(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs for t in study.trials)
+    (line,) = [ln for ln in proc.stdout.splitlines() if "points of the search space" in ln]
+    assert line.endswith(
+        "All 3 points of the search space (lora.rank: 2,4,8) have run, each once: the sweep stops short of n_trials=20."
+    )

@@ -74,3 +74,16 @@ def test_grid_sampler_marks_each_trial_with_its_point_and_grid():
         ids = [a[private.GRID_ID_ATTR] for a in attrs]
     assert sorted(ids) == [0, 1, 2], "one grid point per trial, numbered from 0"
     assert sorted(t.params["x"] for t in trials) == [1, 2, 3]
+
+
+def test_a_retry_names_the_trials_it_replaces(rdb_storage):
+    study = optuna.create_study(storage=rdb_storage, study_name="r")
+    stale = study.ask({"x": CategoricalDistribution([1, 2])})
+    study.tell(stale, state=optuna.trial.TrialState.FAIL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[0])
+        retry = study.trials[1]
+        public = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(retry)
+    with names(f"the retry's system attribute {private.RETRY_HISTORY_ATTR!r}"):
+        assert private.retry_history(retry) == public == [stale.number]
