@@ -158,6 +158,9 @@ class LorasweepSweeperConf:
     # relative SQLite/journal paths are made absolute against the launch directory when the sweeper starts
     storage: str | None = "sqlite:///sweeps.db"
     study_name: str | None = None  # null: from the app's task, model and fine-tuning mode
+    # a study remembers its fixed overrides and search space; a run with others is refused unless this is true
+    # (then its trials are added to the study, and its settings become the study's)
+    extend_study: bool = False
     n_trials: int = 20  # the study's total budget (COMPLETE + PRUNED + RUNNING), shared by all workers
     n_jobs: int = 1  # trials in flight at once (needs a launcher that runs jobs apart, e.g. joblib)
     max_failure_rate: float = 0.5  # stop after more than this fraction of n_trials has failed

@@ -17,6 +17,8 @@ from sweeper._storage import STORAGE_SCHEMES, mask_url, url_scheme
 DIRECTIONS = ("minimize", "maximize")
 # several workers: heartbeats, stale trials, reconnection (keys hydra-optuna-sweeper does not have)
 LIVENESS_KEYS = ("heartbeat_interval", "grace_period", "max_retry", "reconnect_timeout")
+# other keys hydra-optuna-sweeper does not have: a config written for it lacks them, so they take their defaults
+OWN_KEYS = (*LIVENESS_KEYS, "extend_study")
 KEYS = (
     "sampler",
     "pruner",
@@ -24,6 +26,7 @@ KEYS = (
     "objective",
     "storage",
     "study_name",
+    "extend_study",
     "n_trials",
     "n_jobs",
     "max_failure_rate",
@@ -46,6 +49,7 @@ class Settings:
     metric_names: list[str] | None
     storage: str | None
     study_name: str | None
+    extend_study: bool
     n_trials: int
     n_jobs: int
     max_failure_rate: float
@@ -84,7 +88,7 @@ def build_settings(**raw: Any) -> Settings:
     if unknown:
         raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}.")
     cfg = {key: _plain(raw.get(key)) for key in KEYS}
-    for key in LIVENESS_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
+    for key in OWN_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
         if key not in raw:
             cfg[key] = getattr(LorasweepSweeperConf, key)
 
@@ -116,6 +120,9 @@ def build_settings(**raw: Any) -> Settings:
     study_name = cfg["study_name"]
     if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()):
         raise ValueError(f"`study_name` must be null or a non-empty string, but got study_name={study_name!r}.")
+
+    if not isinstance(cfg["extend_study"], bool):
+        raise ValueError(f"`extend_study` must be true or false, but got extend_study={cfg['extend_study']!r}.")
 
     for key in ("n_trials", "n_jobs"):
         if not _is_int(cfg[key]) or cfg[key] < 1:
@@ -159,6 +166,7 @@ def build_settings(**raw: Any) -> Settings:
         metric_names=list(names) if names is not None else None,
         storage=storage,
         study_name=study_name,
+        extend_study=cfg["extend_study"],
         n_trials=cfg["n_trials"],
         n_jobs=cfg["n_jobs"],
         max_failure_rate=float(rate),

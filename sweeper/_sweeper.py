@@ -23,6 +23,7 @@ from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warni
 from sweeper._loop import TrialLoop
 from sweeper._optuna_private import study_storage, trial_id
 from sweeper._pruners import GROUP_ATTR, GROUP_BY, GroupedPruner, build_pruner, group_values, pruner_name
+from sweeper._recorded import check_or_record
 from sweeper._results import report, summarize, write_results
 from sweeper._samplers import build_sampler, sampler_class, sampler_name
 from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
@@ -132,6 +133,7 @@ class OptunaSweeper:
                 f"The study's storage must be a database this worker can open, but got storage={mask_url(storage_url)} "
                 f"({first_line(e)})."
             ) from None
+        check_or_record(study, space, extend=s.extend_study)
         if storage_url is None:
             register_local_study(study)
         finite = FiniteSpace.of(space) if n_grid is None and self.custom_search_space is None else None

@@ -99,3 +99,28 @@ def test_a_list_is_its_points_under_tpe_each_runs_once_and_the_sweep_stops(share
     assert line.endswith(
         "All 3 points of the search space (lora.rank: 2,4,8) have run, each once: the sweep stops short of n_trials=20."
     )
+
+
+def test_a_study_refuses_a_rerun_with_other_fixed_settings_unless_asked_to_extend(shared_data, tmp_path):
+    args = [*lean(shared_data, tmp_path), "lora.rank=2,4", "hydra.sweeper.n_trials=1"]
+    run_sweep_py(*args, cwd=tmp_path)
+    changed = [a.replace("trainer.max_steps=2", "trainer.max_steps=3") for a in args if "n_trials" not in a]
+    changed += ["hydra.sweeper.n_trials=2", "optim.weight_decay=0.1"]
+    proc = run_sweep_py(*changed, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    (line,) = [ln for ln in proc.stderr.splitlines() if "must be run with the settings of its 1 trials" in ln]
+    assert "optim.weight_decay=0.1 (the study has it unset); trainer.max_steps=3 (the study has 2)" in line
+    assert "hydra.sweeper.study_name=" in line and "hydra.sweeper.extend_study=true" in line
+    assert len(load(tmp_path).trials) == 1, "nothing ran, nothing was reused under the new command"
+
+    proc = run_sweep_py(*changed, "hydra.sweeper.extend_study=true", cwd=tmp_path)
+    first, added = load(tmp_path).trials
+    assert first.user_attrs["trainer.max_steps"] == 2 and added.user_attrs["trainer.max_steps"] == 3
+    assert added.state == TrialState.COMPLETE and "duplicate_of" not in added.user_attrs
+    assert "extended with other settings" in proc.stdout + proc.stderr
+    run_sweep_py(*changed, cwd=tmp_path)  # the new settings are the study's now: the same command resumes
+
+    other_ranks = [a.replace("lora.rank=2,4", "lora.rank=2,4,8") for a in changed]
+    proc = run_sweep_py(*other_ranks, "hydra.sweeper.extend_study=true", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "must keep its kind and choices within a study, but got lora.rank=2,4,8 (the study has 2,4" in proc.stderr

@@ -55,6 +55,7 @@ def settings(**overrides):
         ("grace_period", -1, "`grace_period` must be null or a positive integer (seconds), but got grace_period=-1"),
         ("max_retry", -1, "`max_retry` must be null (no limit) or a non-negative integer, but got max_retry=-1"),
         ("reconnect_timeout", "1m", "`reconnect_timeout` must be a non-negative number of seconds, but got"),
+        ("extend_study", "yes", "`extend_study` must be true or false, but got extend_study='yes'"),
     ],
 )
 def test_each_key_is_checked_with_one_error_in_optunas_form(key, value, message):
