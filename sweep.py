@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
 from sweeper import isolated_job
 from tasks.judge_settings import JudgeUnavailableError
+from tasks.settings import check_config
 from tasks.trainer import NonFiniteLossError, TrialOutOfMemoryError, run_trial
 
 log = logging.getLogger("lorasweep")
@@ -36,6 +37,14 @@ USER_ERRORS = (
     TrialOutOfMemoryError,
     JudgeUnavailableError,
 )
+
+
+def check_trial_config(cfg: DictConfig) -> None:
+    """`hydra.sweeper.check` (conf/hydra/default.yaml): the sweeper calls this with the composed config of every
+    swept value before the first trial, so `lora.rank=4,0` is refused before rank 4 trains. Raises ValueError."""
+    from model import GPTConfig
+
+    check_config(cfg, n_layer=GPTConfig.from_preset(cfg.model.preset).n_layer)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -167,6 +167,9 @@ class LorasweepSweeperConf:
     params: dict[str, Any] | None = None  # search space in the override grammar: {lora.rank: 4,8,16}
     search_space: dict[str, Any] | None = None  # removed in hydra-optuna-sweeper 1.2: use params
     custom_search_space: str | None = None  # "module.function(cfg, trial)" that suggests more params
+    # "module.function(cfg)" that checks a trial's composed config, raising ValueError (one line) to refuse it:
+    # called for every swept value before the first trial (lorasweep's conf/hydra/default.yaml sets it)
+    check: str | None = None
     # several workers on one study (README "Scaling out"); RDB storages only (sqlite, postgresql, mysql).
     # each running trial sends a heartbeat every heartbeat_interval s (null: off); a trial silent for grace_period s
     # (null: 2 x heartbeat_interval) is failed by any live worker and its parameters run again, at most max_retry times

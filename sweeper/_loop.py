@@ -62,6 +62,8 @@ class TrialLoop:
         self.n_workers = n_workers
         self.failures_allowed = failures_allowed
         self.failures = 0
+        self.last_failure: tuple[int, str] | None = None  # (trial number, "Type: message")
+        self._first_with_reason: dict[str, int] = {}  # a failure's reason -> the trial that printed its traceback
         self.finished: Counter[str] = Counter()
         self.stop_reason: str | None = None
         self._error: BaseException | None = None
@@ -273,7 +275,10 @@ class TrialLoop:
     def _after(self, number: int, outcome: Outcome) -> None:
         self.finished[outcome.state.name] += 1
         if outcome.state == TrialState.FAIL:
-            log_failure(number, outcome)
+            reason = outcome.reason or "unknown"
+            first = self._first_with_reason.setdefault(reason, number)
+            log_failure(number, outcome, same_as=first if first != number else None)
+            self.last_failure = (number, reason)
             self.failures += 1
             if self.failures > self.failures_allowed and self.stop_reason is None:
                 self.stop_reason = (

@@ -113,8 +113,11 @@ def record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, run_dir: 
     return storage.get_trial(tid).state
 
 
-def log_failure(number: int, outcome: Outcome) -> None:
-    if outcome.traceback is not None:
+def log_failure(number: int, outcome: Outcome, same_as: int | None = None) -> None:
+    """The failure with its traceback; one line when trial `same_as` already printed the same failure."""
+    if same_as is not None:
+        log.warning("trial %d FAIL: %s (as trial %d: traceback above)", number, outcome.reason, same_as)
+    elif outcome.traceback is not None:
         log.warning("trial %d FAIL: %s\n%s", number, outcome.reason, outcome.traceback)
     else:
         log.warning("trial %d FAIL: %s", number, outcome.reason)

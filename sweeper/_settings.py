@@ -18,7 +18,7 @@ DIRECTIONS = ("minimize", "maximize")
 # several workers: heartbeats, stale trials, reconnection (keys hydra-optuna-sweeper does not have)
 LIVENESS_KEYS = ("heartbeat_interval", "grace_period", "max_retry", "reconnect_timeout")
 # other keys hydra-optuna-sweeper does not have: a config written for it lacks them, so they take their defaults
-OWN_KEYS = (*LIVENESS_KEYS, "extend_study")
+OWN_KEYS = (*LIVENESS_KEYS, "extend_study", "check")
 KEYS = (
     "sampler",
     "pruner",
@@ -33,6 +33,7 @@ KEYS = (
     "params",
     "search_space",
     "custom_search_space",
+    "check",
     *LIVENESS_KEYS,
 )
 
@@ -55,6 +56,7 @@ class Settings:
     max_failure_rate: float
     params: dict[str, Any]
     custom_search_space: str | None
+    check: str | None
     heartbeat_interval: int | None
     grace_period: int | None
     max_retry: int | None
@@ -142,12 +144,12 @@ def build_settings(**raw: Any) -> Settings:
             f"grammar (optim.lr: tag(log, interval(1e-5, 1e-3))), but got search_space={cfg['search_space']!r}."
         )
 
-    custom = cfg["custom_search_space"]
-    if custom is not None and (not isinstance(custom, str) or "." not in custom):
-        raise ValueError(
-            "`custom_search_space` must be the dotted path of a function (cfg, trial) -> None, "
-            f"but got custom_search_space={custom!r}."
-        )
+    for key, signature in (("custom_search_space", "(cfg, trial)"), ("check", "(cfg)")):
+        path = cfg[key]
+        if path is not None and (not isinstance(path, str) or "." not in path):
+            raise ValueError(
+                f"`{key}` must be the dotted path of a function {signature} -> None, but got {key}={path!r}."
+            )
 
     _check_liveness(cfg)
 
@@ -171,7 +173,8 @@ def build_settings(**raw: Any) -> Settings:
         n_jobs=cfg["n_jobs"],
         max_failure_rate=float(rate),
         params={str(k): v for k, v in params.items()},
-        custom_search_space=custom,
+        custom_search_space=cfg["custom_search_space"],
+        check=cfg["check"],
         heartbeat_interval=cfg["heartbeat_interval"],
         grace_period=cfg["grace_period"],
         max_retry=cfg["max_retry"],
@@ -221,6 +224,7 @@ def config_class(group: str, target: str, base: type) -> type:
     return cls
 
 
-def failures_allowed(settings: Settings) -> int:
-    """Failed trials a sweep run tolerates before it stops: max_failure_rate x n_trials, rounded down."""
-    return math.floor(settings.max_failure_rate * settings.n_trials + 1e-9)
+def failures_allowed(settings: Settings, n_trials: int | None = None) -> int:
+    """Failed trials a sweep run tolerates before it stops: max_failure_rate x n_trials, rounded down; `n_trials`
+    is the budget in effect (a grid or a finite search space of fewer points runs fewer trials)."""
+    return math.floor(settings.max_failure_rate * (settings.n_trials if n_trials is None else n_trials) + 1e-9)

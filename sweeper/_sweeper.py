@@ -22,6 +22,7 @@ from sweeper._grammar import SearchSpace, describe, format_value, parse_search_s
 from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
 from sweeper._optuna_private import study_storage, trial_id
+from sweeper._preflight import preflight
 from sweeper._pruners import GROUP_ATTR, GROUP_BY, GroupedPruner, build_pruner, group_values, pruner_name
 from sweeper._recorded import check_or_record
 from sweeper._results import report, summarize, write_results
@@ -49,15 +50,8 @@ class OptunaSweeper:
         self.settings: Settings = build_settings(**raw)
         build_sampler(self.settings.sampler, None)  # bad sampler or pruner arguments fail here, before any work
         build_pruner(self.settings.pruner, self.settings.multi_objective, quiet=True)
-        self.custom_search_space = None
-        if self.settings.custom_search_space:
-            try:
-                self.custom_search_space = get_method(self.settings.custom_search_space)
-            except Exception as e:
-                raise ValueError(
-                    "`custom_search_space` must be the dotted path of an importable function (cfg, trial) -> None, "
-                    f"but got custom_search_space={self.settings.custom_search_space!r} ({e})."
-                ) from None
+        self.custom_search_space = _function("custom_search_space", self.settings.custom_search_space, "(cfg, trial)")
+        self.check = _function("check", self.settings.check, "(cfg)")
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
@@ -83,7 +77,7 @@ class OptunaSweeper:
             prepare=lambda trial: self._prepare(trial, space, study.study_name),
             launch=self._launch,
             n_workers=n_workers,
-            failures_allowed=failures_allowed(s),
+            failures_allowed=failures_allowed(s, budget.n_trials),
             heartbeat=Heartbeat(study, s.grace_s or 0),
             reconnect_timeout=s.reconnect_timeout,
             storage_name=mask_url(storage_url),
@@ -102,9 +96,13 @@ class OptunaSweeper:
         path = write_results(results, Path(str(self.config.hydra.sweep.dir)))
         report(results, path, storage_url)
         if loop.stop_reason is not None and loop.failures > loop.failures_allowed:
+            assert loop.last_failure is not None
+            number, reason = loop.last_failure
+            last = " ".join(reason.split())
             raise SweepError(
                 f"The sweep stopped early: {loop.stop_reason} (max_failure_rate={s.max_failure_rate}, "
-                f"n_trials={s.n_trials}); see each trial's fail_reason in study {study.study_name!r}."
+                f"n_trials={budget.n_trials}). Last failure, trial {number}: {last[:500]} "
+                f"(each trial's reason is its fail_reason in study {study.study_name!r})."
             )
 
     def _open(self, arguments: list[str]) -> tuple[optuna.Study, SearchSpace, Budget, str | None, int]:
@@ -122,7 +120,7 @@ class OptunaSweeper:
             )
         study_name = s.study_name or default_study_name(self.config, space)
         self._set_study_name(study_name)
-        self._check_composes(space, study_name)
+        self._preflight(space, study_name)
         storage_url = absolute_url(s.storage, str(self.config.hydra.runtime.cwd))
         pruner = self.pruner = build_pruner(s.pruner, s.multi_objective)
         try:
@@ -186,26 +184,12 @@ class OptunaSweeper:
         with read_write(self.config.hydra.sweeper), open_dict(self.config.hydra.sweeper):
             self.config.hydra.sweeper.study_name = name
 
-    def _check_composes(self, space: SearchSpace, study_name: str) -> None:
-        """Compose the config once per categorical choice, so a misspelt key or option fails before any trial."""
+    def _preflight(self, space: SearchSpace, study_name: str) -> None:
+        """Compose (and check, with hydra.sweeper.check) a trial config per swept value, before any trial."""
         assert self.config is not None and self.hydra_context is not None
-        first = {name: _first_value(p.distribution) for name, p in space.params.items()}
-        probes = [first]
-        for name, param in space.params.items():
-            for choice in getattr(param.distribution, "choices", ())[1:]:
-                probes.append({**first, name: choice})
-        for values in probes:
-            overrides = space.overrides(values)
-            try:
-                self.hydra_context.config_loader.load_sweep_config(
-                    self.config, overrides + _trial_identity(study_name, 0)
-                )
-            except Exception as e:
-                message = " ".join(str(e).split())
-                raise ValueError(
-                    f"Every trial's overrides must compose with the app's config, but got {' '.join(overrides)}: "
-                    f"{message[:400]}"
-                ) from None
+        loader, config = self.hydra_context.config_loader, self.config
+        compose = lambda overrides: loader.load_sweep_config(config, overrides + _trial_identity(study_name, 0))
+        preflight(space, compose, self.check, self.settings.check)
 
     @staticmethod
     def _check_pruner_groups(space: SearchSpace, pruner: optuna.pruners.BasePruner) -> None:
@@ -303,9 +287,17 @@ def _param_text(value: Any) -> str:
     return format_value(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
-def _first_value(dist: Any) -> Any:
-    choices = getattr(dist, "choices", None)
-    return choices[0] if choices is not None else dist.low
+def _function(key: str, path: str | None, signature: str) -> Any:
+    """The function a `hydra.sweeper` key names by dotted path (None when unset)."""
+    if not path:
+        return None
+    try:
+        return get_method(path)
+    except Exception as e:
+        raise ValueError(
+            f"`{key}` must be the dotted path of an importable function {signature} -> None, but got {key}={path!r} "
+            f"({' '.join(str(e).split())[:300]})."
+        ) from None
 
 
 def default_study_name(config: DictConfig, space: SearchSpace) -> str:

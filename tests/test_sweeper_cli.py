@@ -124,3 +124,28 @@ def test_a_study_refuses_a_rerun_with_other_fixed_settings_unless_asked_to_exten
     proc = run_sweep_py(*other_ranks, "hydra.sweeper.extend_study=true", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "must keep its kind and choices within a study, but got lora.rank=2,4,8 (the study has 2,4" in proc.stderr
+
+
+def test_a_swept_value_the_config_check_refuses_stops_the_sweep_before_any_trial_trains(shared_data, tmp_path):
+    proc = run_sweep_py(*lean(shared_data, tmp_path), "lora.rank=4,0", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    (line,) = [ln for ln in proc.stderr.splitlines() if "must pass the app's config check" in ln]
+    assert "(hydra.sweeper.check=sweep.check_trial_config), but got lora.rank=0: `lora.rank > 0` must hold" in line
+    assert not (tmp_path / "outputs").exists(), "no trial ran (rank 4 did not train first)"
+    assert not load_all(tmp_path)
+
+
+def test_a_sweep_stopped_by_failures_ends_with_the_last_trials_own_error_and_one_traceback(shared_data, tmp_path):
+    missing = tmp_path / "no_such_file.tsv"
+    args = [a for a in lean(shared_data, tmp_path) if not a.startswith("task.path=")]
+    proc = run_sweep_py(*args, f"task.path={missing}", "lora.rank=2,4,8", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2, "3 points, 1 failure allowed: stop at the 2nd"
+    reason = study.trials[1].user_attrs["fail_reason"]
+    assert str(missing) in reason
+    (line,) = [ln for ln in proc.stderr.splitlines() if "The sweep stopped early" in ln]
+    assert f"Last failure, trial 1: {reason}" in line
+    output = proc.stdout + proc.stderr
+    assert output.count("Traceback (most recent call last)") == 1, "the same failure twice: one traceback"
+    assert "trial 1 FAIL: " in output and "(as trial 0: traceback above)" in output

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.samplers import GridSampler, NSGAIISampler, QMCSampler, RandomSampler
 
 from sweeper import parse_search_space
 from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
+from sweeper._preflight import preflight
 from sweeper._pruners import GroupedPruner, build_pruner
 from sweeper._samplers import PerTrialSeedSampler, build_sampler
 from sweeper._settings import build_settings, failures_allowed
@@ -299,3 +301,45 @@ def test_shipped_searches_prune_only_within_each_swept_model_and_mode(choice, co
     pruner = build_pruner(settings.pruner, settings.multi_objective)
     swept = {k for k in ("model", "finetune") if k in (settings.params or {})}
     assert isinstance(pruner, GroupedPruner) and swept <= set(pruner.keys), (swept, pruner)
+
+
+def _as_config(overrides: list[str]):
+    """A stand-in for Hydra's composition in the preflight tests: the overrides as a config, plus a hydra node."""
+    return OmegaConf.from_dotlist([*overrides, "hydra.job.name=app"])
+
+
+def _positive_a_and_b(cfg) -> None:
+    assert "hydra" not in cfg, "the check sees the job's config"
+    problems = [f"`{k} > 0` must hold, but got {k}={cfg[k]}" for k in ("a", "b") if k in cfg and cfg[k] <= 0]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+@pytest.mark.parametrize(
+    ("args", "blamed"),
+    [
+        (["a=4,0"], "a=0: `a > 0` must hold, but got a=0"),
+        (["a=0,4"], "a=0: `a > 0` must hold, but got a=0"),  # the first value: the others pass
+        (["a=range(-2,3)"], "a=-2: `a > 0` must hold, but got a=-2"),  # the ends of a range
+        (["b=-1", "a=1,2"], "b=-1 a=1: `b > 0` must hold, but got b=-1"),  # a fixed value: every probe fails
+    ],
+)
+def test_preflight_names_the_swept_value_the_apps_check_refuses(args, blamed):
+    space = parse_search_space(args)
+    with pytest.raises(ValueError) as info:
+        preflight(space, _as_config, _positive_a_and_b, "app.check")
+    message = str(info.value)
+    assert message.startswith("Every swept value must pass the app's config check (hydra.sweeper.check=app.check)")
+    assert f"but got {blamed}." in message and "\n" not in message
+
+
+def test_preflight_passes_good_values_and_names_overrides_that_do_not_compose():
+    preflight(parse_search_space(["a=1,2", "b=range(1,3)"]), _as_config, _positive_a_and_b, "app.check")
+
+    def compose(overrides):
+        if "a=2" in overrides:
+            raise ValueError("Could not override 'a'")
+        return _as_config(overrides)
+
+    with pytest.raises(ValueError, match=r"must compose with the app's config, but got a=2: Could not override 'a'"):
+        preflight(parse_search_space(["a=1,2"]), compose, None, None)

@@ -129,6 +129,8 @@ def test_too_many_failures_stop_the_sweep_with_a_clear_error(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "The sweep stopped early: 2 trials failed, more than max_failure_rate x n_trials = 1" in proc.stderr
+    assert "Last failure, trial 1: NonFiniteLossError: loss is nan at step 1" in proc.stderr, "as the plugin does"
+    assert (proc.stdout + proc.stderr).count("Traceback (most recent call last)") == 1, "one per distinct failure"
     assert states(load(tmp_path)) == ["FAIL", "FAIL"]
     assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
 
