@@ -94,7 +94,7 @@ class OptunaSweeper:
 
         results = summarize(study, storage_url, budget.n_trials, space.recorded())
         path = write_results(results, Path(str(self.config.hydra.sweep.dir)))
-        report(results, path, storage_url)
+        report(results, path, storage_url, str(self.config.hydra.runtime.cwd))
         if loop.stop_reason is not None and loop.failures > loop.failures_allowed:
             assert loop.last_failure is not None
             number, reason = loop.last_failure

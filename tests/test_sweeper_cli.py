@@ -6,12 +6,13 @@ sample, then reads the study with Optuna.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from helpers import run_sweep_py
+from helpers import ROOT, run_sweep_py
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -149,3 +150,17 @@ def test_a_sweep_stopped_by_failures_ends_with_the_last_trials_own_error_and_one
     output = proc.stdout + proc.stderr
     assert output.count("Traceback (most recent call last)") == 1, "the same failure twice: one traceback"
     assert "trial 1 FAIL: " in output and "(as trial 0: traceback above)" in output
+
+
+def test_the_closing_commands_use_the_interpreter_that_ran_the_sweep(shared_data, tmp_path):
+    # run from the project folder, as the README does: a venv inside it is shown relative (.venv/bin/python)
+    proc = run_sweep_py(*lean(shared_data, tmp_path), "lora.rank=2", cwd=ROOT)
+    python = Path(sys.executable)
+    inside = python.is_relative_to(ROOT)
+    shown = str(python.relative_to(ROOT)) if inside else str(python)
+    dashboard = python.parent / "optuna-dashboard"
+    shown_dashboard = str(dashboard.relative_to(ROOT)) if inside else str(dashboard)
+    db = storage(tmp_path)
+    assert f"    {shown} -m analysis.report --storage {db} --study {STUDY}\n" in proc.stdout
+    assert f"    {shown_dashboard} {db}\n" in proc.stdout
+    assert not (ROOT / "outputs").exists() or not any((ROOT / "outputs").glob(f"sweeps/{STUDY}"))
