@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
-from sweeper import isolated_job
+from sweeper import isolated_job, set_config_check
 from tasks.judge_settings import JudgeUnavailableError
 from tasks.settings import check_config
 from tasks.trainer import NonFiniteLossError, TrialOutOfMemoryError, run_trial
@@ -40,11 +40,14 @@ USER_ERRORS = (
 
 
 def check_trial_config(cfg: DictConfig) -> None:
-    """`hydra.sweeper.check` (conf/hydra/default.yaml): the sweeper calls this with the composed config of every
-    swept value before the first trial, so `lora.rank=4,0` is refused before rank 4 trains. Raises ValueError."""
+    """The sweeper calls this with the composed config of every swept value before the first trial, so
+    `lora.rank=4,0` is refused before rank 4 trains. Raises ValueError (one line)."""
     from model import GPTConfig
 
     check_config(cfg, n_layer=GPTConfig.from_preset(cfg.model.preset).n_layer)
+
+
+set_config_check(check_trial_config)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sweeper._grammar import SearchSpace, parse_search_space
     from sweeper._isolation import isolated_job
+    from sweeper._preflight import set_config_check
     from sweeper._trial import ENV_STUDY, ENV_TRIAL, TrialHandle, current_trial, user_attrs_from_metrics
 
 _LAZY = {
@@ -29,6 +30,7 @@ _LAZY = {
     "current_trial": "sweeper._trial",
     "isolated_job": "sweeper._isolation",
     "parse_search_space": "sweeper._grammar",
+    "set_config_check": "sweeper._preflight",
     "user_attrs_from_metrics": "sweeper._trial",
 }
 
@@ -40,6 +42,7 @@ __all__ = [
     "current_trial",
     "isolated_job",
     "parse_search_space",
+    "set_config_check",
     "user_attrs_from_metrics",
 ]
 

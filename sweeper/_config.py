@@ -168,7 +168,8 @@ class LorasweepSweeperConf:
     search_space: dict[str, Any] | None = None  # removed in hydra-optuna-sweeper 1.2: use params
     custom_search_space: str | None = None  # "module.function(cfg, trial)" that suggests more params
     # "module.function(cfg)" that checks a trial's composed config, raising ValueError (one line) to refuse it:
-    # called for every swept value before the first trial (lorasweep's conf/hydra/default.yaml sets it)
+    # called for every swept value before the first trial; null: the check the app registered with
+    # sweeper.set_config_check (lorasweep's sweep.py registers sweep.check_trial_config)
     check: str | None = None
     # several workers on one study (README "Scaling out"); RDB storages only (sqlite, postgresql, mysql).
     # each running trial sends a heartbeat every heartbeat_interval s (null: off); a trial silent for grace_period s

@@ -9,6 +9,7 @@ free point). The grid sampler keeps its own bookkeeping; a space with a continuo
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Sequence
@@ -65,16 +66,22 @@ class FiniteSpace:
         too (a failed point is not run again, as with the grid sampler); trials closed unrun hold none."""
         skipped = set(skip)
         held = (t for t in trials if t.number not in skipped and not t.system_attrs.get(DISCARDED_ATTR))
-        return {self.key(t.params) for t in held} - {None}
+        return {self.key(t.params) for t in held} & self._all_keys
+
+    @functools.cached_property
+    def _all_keys(self) -> set[PointKey | None]:
+        """Every point's key: a trial of an earlier, wider range (extend_study) holds none of this space's points."""
+        return {self.key(p) for p in self.points()}
 
     def describe(self) -> str:
         return "; ".join(f"{name}: {describe(d)}" for name, d in self.distributions.items()) or "no parameters"
 
 
 def _comparable(dist: BaseDistribution, value: Any) -> Any:
-    """A value as Optuna stores it, rounded so that a float step's noise does not make two points."""
+    """A value as a point's key holds it: a choice with its type (True is not 1), a number rounded so that a float
+    step's noise does not make two points."""
     if isinstance(dist, CategoricalDistribution):
-        return dist.to_internal_repr(value)
+        return type(value).__name__, value
     return round(float(value), 9)
 
 

@@ -4,13 +4,19 @@ A misspelt key (`lora.rnak=4,8`), a missing group option (`model=small,large`) o
 (`lora.rank=4,0`) must stop the sweep before anything trains, not after the good points ran. So the job config is
 composed (Hydra's `load_sweep_config`, as the launcher will) for the first value of every parameter, then once for
 each other categorical choice and each end of a range or interval, one parameter at a time; each composed config is
-handed to the callable the app names in `hydra.sweeper.check` (`(cfg) -> None`, raising ValueError with one line).
+handed to the app's check (`(cfg) -> None`, raising ValueError with one line): the function an app registers with
+`sweeper.set_config_check` (sweep.py does), or the dotted path in `hydra.sweeper.check`, which wins.
+
+The check is registered in code rather than set in the app's `hydra:` config because that config is also composed
+with other sweepers (`hydra/sweeper=basic`, as `python -m tasks.inspect` does), whose schema has no such key.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, open_dict, read_write
@@ -21,6 +27,24 @@ from sweeper._grammar import SearchSpace
 MAX_MESSAGE = 300
 Compose = Callable[[list[str]], DictConfig]
 Check = Callable[[DictConfig], None]
+_registered: Check | None = None
+
+
+def set_config_check(check: Check | None) -> None:
+    """Register the app's check of a trial's composed config (`(cfg) -> None`, raising a one-line ValueError); the
+    sweeper calls it for every swept value before the first trial. `hydra.sweeper.check` overrides it."""
+    global _registered
+    _registered = check
+
+
+def registered_check() -> tuple[Check, str] | None:
+    """The registered check and its name for messages (`sweep.check_trial_config`), if any."""
+    if _registered is None:
+        return None
+    module = _registered.__module__
+    if module == "__main__":  # the app's script: name it as the user knows it
+        module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else module
+    return _registered, f"{module}.{_registered.__qualname__}"
 
 
 def probe_values(dist: BaseDistribution) -> list[Any]:
@@ -68,8 +92,7 @@ def preflight(space: SearchSpace, compose: Compose, check: Check | None, check_n
     if refused:
         blamed = _blame(space, first, refused)
         raise ValueError(
-            f"Every swept value must pass the app's config check (hydra.sweeper.check={check_name}), but got "
-            f"{'; '.join(blamed)}."
+            f"Every swept value must pass the app's config check ({check_name}), but got {'; '.join(blamed)}."
         )
 
 

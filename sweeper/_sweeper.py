@@ -22,7 +22,7 @@ from sweeper._grammar import SearchSpace, describe, format_value, parse_search_s
 from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
 from sweeper._optuna_private import study_storage, trial_id
-from sweeper._preflight import preflight
+from sweeper._preflight import preflight, registered_check
 from sweeper._pruners import GROUP_ATTR, GROUP_BY, GroupedPruner, build_pruner, group_values, pruner_name
 from sweeper._recorded import check_or_record
 from sweeper._results import report, summarize, write_results
@@ -51,7 +51,11 @@ class OptunaSweeper:
         build_sampler(self.settings.sampler, None)  # bad sampler or pruner arguments fail here, before any work
         build_pruner(self.settings.pruner, self.settings.multi_objective, quiet=True)
         self.custom_search_space = _function("custom_search_space", self.settings.custom_search_space, "(cfg, trial)")
-        self.check = _function("check", self.settings.check, "(cfg)")
+        # the app's check of each swept value: hydra.sweeper.check, else the one it registered (sweep.py does)
+        self.check, self.check_name = registered_check() or (None, None)
+        if self.settings.check:
+            self.check = _function("check", self.settings.check, "(cfg)")
+            self.check_name = f"hydra.sweeper.check={self.settings.check}"
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
@@ -189,7 +193,7 @@ class OptunaSweeper:
         assert self.config is not None and self.hydra_context is not None
         loader, config = self.hydra_context.config_loader, self.config
         compose = lambda overrides: loader.load_sweep_config(config, overrides + _trial_identity(study_name, 0))
-        preflight(space, compose, self.check, self.settings.check)
+        preflight(space, compose, self.check, self.check_name)
 
     @staticmethod
     def _check_pruner_groups(space: SearchSpace, pruner: optuna.pruners.BasePruner) -> None:

@@ -131,7 +131,7 @@ def test_a_swept_value_the_config_check_refuses_stops_the_sweep_before_any_trial
     proc = run_sweep_py(*lean(shared_data, tmp_path), "lora.rank=4,0", cwd=tmp_path, check=False)
     assert proc.returncode != 0
     (line,) = [ln for ln in proc.stderr.splitlines() if "must pass the app's config check" in ln]
-    assert "(hydra.sweeper.check=sweep.check_trial_config), but got lora.rank=0: `lora.rank > 0` must hold" in line
+    assert "(sweep.check_trial_config), but got lora.rank=0: `lora.rank > 0` must hold" in line
     assert not (tmp_path / "outputs").exists(), "no trial ran (rank 4 did not train first)"
     assert not load_all(tmp_path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from optuna.samplers import GridSampler, NSGAIISampler, QMCSampler, RandomSample
 
 from sweeper import parse_search_space
 from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
-from sweeper._preflight import preflight
+from sweeper._preflight import preflight, set_config_check
 from sweeper._pruners import GroupedPruner, build_pruner
 from sweeper._samplers import PerTrialSeedSampler, build_sampler
 from sweeper._settings import build_settings, failures_allowed
@@ -329,7 +330,7 @@ def test_preflight_names_the_swept_value_the_apps_check_refuses(args, blamed):
     with pytest.raises(ValueError) as info:
         preflight(space, _as_config, _positive_a_and_b, "app.check")
     message = str(info.value)
-    assert message.startswith("Every swept value must pass the app's config check (hydra.sweeper.check=app.check)")
+    assert message.startswith("Every swept value must pass the app's config check (app.check)")
     assert f"but got {blamed}." in message and "\n" not in message
 
 
@@ -343,3 +344,21 @@ def test_preflight_passes_good_values_and_names_overrides_that_do_not_compose():
 
     with pytest.raises(ValueError, match=r"must compose with the app's config, but got a=2: Could not override 'a'"):
         preflight(parse_search_space(["a=1,2"]), compose, None, None)
+
+
+def test_the_registered_check_is_used_unless_hydra_sweeper_check_names_one():
+    def app_check(cfg) -> None:
+        """An app's check, registered as sweep.py registers its own."""
+
+    raw = {"sampler": TPE, "pruner": NOP, "direction": "minimize", "storage": None, "n_trials": 2, "n_jobs": 1}
+    raw["max_failure_rate"] = 0.5
+    set_config_check(app_check)
+    try:
+        assert OptunaSweeper(**raw).check is app_check
+        named = OptunaSweeper(**raw, check="os.path.exists")
+        assert named.check is os.path.exists and named.check_name == "hydra.sweeper.check=os.path.exists"
+        with pytest.raises(ValueError, match=r"`check` must be the dotted path of an importable function \(cfg\)"):
+            OptunaSweeper(**raw, check="nowhere.check")
+    finally:
+        set_config_check(None)
+    assert OptunaSweeper(**raw).check is None
