@@ -21,7 +21,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
+from sweeper import isolated_job, set_config_check
 from tasks.judge import JudgeUnavailableError
+from tasks.settings import check_config
 from tasks.train.errors import NonFiniteLossError, TrialOutOfMemoryError
 from tasks.train.trial import run_trial
 
@@ -38,16 +40,29 @@ USER_ERRORS = (
 )
 
 
+def check_trial_config(cfg: DictConfig) -> None:
+    """The sweeper calls this with the composed config of every swept value before the first trial, so
+    `lora.rank=4,0` is refused before rank 4 trains. Raises ValueError (one line)."""
+    from model import GPTConfig
+
+    check_config(cfg, n_layer=GPTConfig.from_preset(cfg.model.preset).n_layer)
+
+
+set_config_check(check_trial_config)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run one trial and return its objective (a tuple for multi-objective studies) to the sweeper."""
-    try:
-        metrics = run_trial(cfg)
-    except USER_ERRORS as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the trial as failed, with this reason
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        sys.exit(f"error: {message}")
+    # a launcher's worker process may run the next trial: nothing of this one (memory, torch threads) outlives it
+    with isolated_job():
+        try:
+            metrics = run_trial(cfg)
+        except USER_ERRORS as exc:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # the sweeper records the trial as failed, with this reason
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            sys.exit(f"error: {message}")
     value = metrics["objective"]["value"]
     return tuple(value) if isinstance(value, list) else value
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sweeper._grammar import SearchSpace, parse_search_space
+    from sweeper._isolation import isolated_job
+    from sweeper._preflight import set_config_check
     from sweeper._trial import ENV_STUDY, ENV_TRIAL, TrialHandle, current_trial, user_attrs_from_metrics
 
 _LAZY = {
@@ -26,7 +28,9 @@ _LAZY = {
     "SearchSpace": "sweeper._grammar",
     "TrialHandle": "sweeper._trial",
     "current_trial": "sweeper._trial",
+    "isolated_job": "sweeper._isolation",
     "parse_search_space": "sweeper._grammar",
+    "set_config_check": "sweeper._preflight",
     "user_attrs_from_metrics": "sweeper._trial",
 }
 
@@ -36,7 +40,9 @@ __all__ = [
     "SearchSpace",
     "TrialHandle",
     "current_trial",
+    "isolated_job",
     "parse_search_space",
+    "set_config_check",
     "user_attrs_from_metrics",
 ]
 

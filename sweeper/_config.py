@@ -82,7 +82,7 @@ class QMCSamplerConf:
 
 @dataclass
 class MOTPESamplerConf:
-    # removed from Optuna (4.0): kept so old configs load; the sweeper runs TPESampler and says so
+    # removed from Optuna (4.0): kept so that selecting it gets one line naming its replacements (tpe, nsgaii)
     _target_: str = "optuna.samplers.MOTPESampler"
     seed: int | None = None
     n_startup_trials: int = 10
@@ -158,12 +158,19 @@ class LorasweepSweeperConf:
     # relative SQLite/journal paths are made absolute against the launch directory when the sweeper starts
     storage: str | None = "sqlite:///sweeps.db"
     study_name: str | None = None  # null: from the app's task, model and fine-tuning mode
+    # a study remembers its fixed overrides and search space; a run with others is refused unless this is true
+    # (then its trials are added to the study, and its settings become the study's)
+    extend_study: bool = False
     n_trials: int = 20  # the study's total budget (COMPLETE + PRUNED + RUNNING), shared by all workers
     n_jobs: int = 1  # trials in flight at once (needs a launcher that runs jobs apart, e.g. joblib)
     max_failure_rate: float = 0.5  # stop after more than this fraction of n_trials has failed
     params: dict[str, Any] | None = None  # search space in the override grammar: {lora.rank: 4,8,16}
     search_space: dict[str, Any] | None = None  # removed in hydra-optuna-sweeper 1.2: use params
     custom_search_space: str | None = None  # "module.function(cfg, trial)" that suggests more params
+    # "module.function(cfg)" that checks a trial's composed config, raising ValueError (one line) to refuse it:
+    # called for every swept value before the first trial; null: the check the app registered with
+    # sweeper.set_config_check (lorasweep's sweep.py registers sweep.check_trial_config)
+    check: str | None = None
     # several workers on one study (README "Scaling out"); RDB storages only (sqlite, postgresql, mysql).
     # each running trial sends a heartbeat every heartbeat_interval s (null: off); a trial silent for grace_period s
     # (null: 2 x heartbeat_interval) is failed by any live worker and its parameters run again, at most max_retry times

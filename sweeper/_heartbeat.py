@@ -22,9 +22,9 @@ import warnings
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial
 
+from sweeper._optuna_private import heartbeat_enabled, max_retry, retry_history, study_storage, trial_id
 from sweeper._storage import first_line, is_transient, with_retries
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,12 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         self._timeout_s = timeout_s
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        runs = len(trial.system_attrs.get("retry_history", [])) + 1
+        runs = len(retry_history(trial)) + 1
         who = trial.user_attrs.get("worker", "a worker")
         silent = f"trial {trial.number} ({who}) sent no heartbeat for grace_period={self._grace_period} s: FAIL"
-        if self._max_retry is not None and runs > self._max_retry:
-            log.warning("%s, not run again (it ran %d times, max_retry=%d)", silent, runs, self._max_retry)
+        limit = max_retry(self)
+        if limit is not None and runs > limit:
+            log.warning("%s, not run again (it ran %d times, max_retry=%d)", silent, runs, limit)
             return
 
         def add() -> None:
@@ -74,8 +75,8 @@ class Heartbeat:
 
     def __init__(self, study: optuna.Study, grace_period: int) -> None:
         self.study = study
-        storage = study._storage
-        self.interval: int | None = storage.get_heartbeat_interval() if is_heartbeat_enabled(storage) else None
+        storage = study_storage(study)
+        self.interval: int | None = storage.get_heartbeat_interval() if heartbeat_enabled(storage) else None
         self.grace_period = grace_period
         self._trial_ids: set[int] = set()
         self._ids_lock = threading.Lock()
@@ -102,14 +103,14 @@ class Heartbeat:
     def add(self, trial: optuna.Trial) -> None:
         """Start beating for a trial just asked: the first beat now, so a worker that dies at once is noticed."""
         if self.enabled:
-            self._beat(trial._trial_id)
+            self._beat(trial_id(trial))
             with self._ids_lock:
-                self._trial_ids.add(trial._trial_id)
+                self._trial_ids.add(trial_id(trial))
 
     def remove(self, trial: optuna.Trial) -> None:
         """Stop beating: the trial is finished, or this worker gives it up (then another one fails and re-runs it)."""
         with self._ids_lock:
-            self._trial_ids.discard(trial._trial_id)
+            self._trial_ids.discard(trial_id(trial))
 
     def fail_stale(self) -> None:
         """Fail the trials of dead workers (their parameters are queued again by `RetryStaleTrial`)."""
@@ -117,14 +118,14 @@ class Heartbeat:
             with self._stale_lock:
                 optuna.storages.fail_stale_trials(self.study)
 
-    def _beat(self, trial_id: int) -> None:
-        self.study._storage.record_heartbeat(trial_id)
+    def _beat(self, tid: int) -> None:
+        study_storage(self.study).record_heartbeat(tid)
 
     def _beat_all(self) -> None:
         with self._ids_lock:
             trial_ids = sorted(self._trial_ids)
-        for trial_id in trial_ids:
-            self._beat(trial_id)
+        for tid in trial_ids:
+            self._beat(tid)
 
     def _run(self) -> None:
         assert self.interval is not None

@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 from sweeper._budget import Budget
 from sweeper._gate import LaunchGate, broke_the_pool
 from sweeper._heartbeat import WORKER, Heartbeat
-from sweeper._outcome import Outcome, describe_error, judge, log_failure, record, tell
+from sweeper._isolation import JobBoundary, forget_frames
+from sweeper._outcome import Outcome, describe_error, job_exception, judge, log_failure, record, tell
 from sweeper._settings import SweepError
 from sweeper._storage import first_line, is_transient, with_retries
 
@@ -61,6 +62,8 @@ class TrialLoop:
         self.n_workers = n_workers
         self.failures_allowed = failures_allowed
         self.failures = 0
+        self.last_failure: tuple[int, str] | None = None  # (trial number, "Type: message")
+        self._first_with_reason: dict[str, int] = {}  # a failure's reason -> the trial that printed its traceback
         self.finished: Counter[str] = Counter()
         self.stop_reason: str | None = None
         self._error: BaseException | None = None
@@ -127,15 +130,27 @@ class TrialLoop:
                 continue
             idle_since = None
             try:
-                ret, error, note = self._run_job(overrides, trial.number)
+                outcome, run_dir = self._run_isolated(overrides, trial.number)
             except BaseException as e:  # KeyboardInterrupt, SystemExit from an in-process job
                 self._close(trial, f"the sweep stopped while the job ran: {describe_error(e)}")
                 raise
-            outcome = judge(ret, error, len(self.study.directions), note)
-            self._record(trial, outcome, _run_dir(ret))
+            self._record(trial, outcome, run_dir)
             with self._lock:
                 self._in_flight.pop(trial.number, None)
                 self._after(trial.number, outcome)
+
+    def _run_isolated(self, overrides: list[str], number: int) -> tuple[Outcome, str | None]:
+        """Run the job and read its outcome and run folder. Nothing of the job outlives this call: its JobReturn
+        and exception are dropped with their frames cleared, and the process's state is released before the next
+        trial starts (sweeper._isolation)."""
+        with JobBoundary():
+            ret, error, note = self._run_job(overrides, number)
+            outcome = judge(ret, error, len(self.study.directions), note)
+            run_dir = _run_dir(ret)
+            forget_frames(job_exception(ret))
+            forget_frames(error)
+            del ret, error
+        return outcome, run_dir
 
     def _next_trial(self) -> optuna.Trial | None:
         self._before_ask()
@@ -260,7 +275,10 @@ class TrialLoop:
     def _after(self, number: int, outcome: Outcome) -> None:
         self.finished[outcome.state.name] += 1
         if outcome.state == TrialState.FAIL:
-            log_failure(number, outcome)
+            reason = outcome.reason or "unknown"
+            first = self._first_with_reason.setdefault(reason, number)
+            log_failure(number, outcome, same_as=first if first != number else None)
+            self.last_failure = (number, reason)
             self.failures += 1
             if self.failures > self.failures_allowed and self.stop_reason is None:
                 self.stop_reason = (

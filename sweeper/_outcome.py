@@ -18,6 +18,8 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
+from sweeper._optuna_private import study_storage, trial_id
+
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 2000
@@ -25,15 +27,25 @@ MAX_REASON_CHARS = 2000
 
 @dataclass(frozen=True)
 class Outcome:
+    """What a job's end means for its trial. Plain values only: holding the job's exception would keep its
+    traceback's frames (the trial's model and data) alive while the next trial runs."""
+
     state: TrialState
     values: list[float] | None = None
     reason: str | None = None
-    error: BaseException | None = None
+    traceback: str | None = None  # the job's exception, formatted
 
 
 def describe_error(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}".strip().rstrip(":")
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+def job_exception(ret: JobReturn | None) -> BaseException | None:
+    """The exception a failed job raised (Hydra keeps it in `_return_value`; `return_value` would re-raise it)."""
+    if ret is None or ret.status != JobStatus.FAILED:
+        return None
+    return ret._return_value
 
 
 def judge(
@@ -47,11 +59,12 @@ def judge(
         return Outcome(TrialState.FAIL, reason=f"{reason} ({note})" if note else reason)
     if ret is None or ret.status == JobStatus.UNKNOWN:
         return Outcome(TrialState.FAIL, reason="the launcher returned no result for this job")
-    if ret.status == JobStatus.FAILED:
-        error = ret._return_value  # the exception; the `return_value` property would re-raise it
+    error = job_exception(ret)
+    if error is not None:
         if isinstance(error, optuna.TrialPruned):
             return Outcome(TrialState.PRUNED)
-        return Outcome(TrialState.FAIL, reason=describe_error(error), error=error)
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+        return Outcome(TrialState.FAIL, reason=describe_error(error), traceback=text)
     return _values(ret.return_value, n_objectives)
 
 
@@ -88,22 +101,23 @@ def record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, run_dir: 
     Writing again after a lost connection is safe: a state already written is kept. The stored state differs
     from the outcome only when another worker failed the trial meanwhile (its heartbeat lapsed).
     """
-    storage = study._storage
+    storage, tid = study_storage(study), trial_id(trial)
     try:
         if outcome.reason is not None:
             trial.set_user_attr("fail_reason", outcome.reason)
-        if run_dir is not None and "run_dir" not in storage.get_trial_user_attrs(trial._trial_id):
+        if run_dir is not None and "run_dir" not in storage.get_trial_user_attrs(tid):
             trial.set_user_attr("run_dir", run_dir)
         tell(study, trial, outcome.state, outcome.values)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # finished elsewhere: the state below says how
-    return storage.get_trial(trial._trial_id).state
+    return storage.get_trial(tid).state
 
 
-def log_failure(number: int, outcome: Outcome) -> None:
-    error = outcome.error
-    if error is not None and error.__traceback__ is not None:
-        tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        log.warning("trial %d FAIL: %s\n%s", number, outcome.reason, tb.rstrip())
+def log_failure(number: int, outcome: Outcome, same_as: int | None = None) -> None:
+    """The failure with its traceback; one line when trial `same_as` already printed the same failure."""
+    if same_as is not None:
+        log.warning("trial %d FAIL: %s (as trial %d: traceback above)", number, outcome.reason, same_as)
+    elif outcome.traceback is not None:
+        log.warning("trial %d FAIL: %s\n%s", number, outcome.reason, outcome.traceback)
     else:
         log.warning("trial %d FAIL: %s", number, outcome.reason)

@@ -16,11 +16,36 @@ log = logging.getLogger(__name__)
 
 
 GROUP_BY = "group_by"  # our key in the median/percentile pruner configs, not an argument of Optuna's classes
+GROUP_ATTR = "lorasweep:group"  # trial system attribute: {key: value} of the group_by keys in the trial's config
 
 
 def _group_key(trial: FrozenTrial, keys: Sequence[str]) -> tuple[Any, ...]:
-    """A trial's values of `keys`: swept parameters, else the fixed values the sweeper records as user attributes."""
-    return tuple(trial.params.get(k, trial.user_attrs.get(k)) for k in keys)
+    """A trial's values of `keys`, as the sweeper read them from the trial's composed config before it ran.
+
+    Running and finished trials get their values from the same place, so a key that is neither swept nor on the
+    command line (every trial has the app's default) still puts all trials in one group.
+    """
+    recorded = trial.system_attrs.get(GROUP_ATTR)
+    if isinstance(recorded, dict):
+        return tuple(recorded.get(k) for k in keys)
+    return tuple(trial.params.get(k) for k in keys)  # a trial of an older sweep: its swept values only
+
+
+def group_values(config: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """The values of `keys` in a trial's composed config: a config group's chosen option (`model` -> "small"),
+    else the key's value (`lora.rank` -> 8; a node becomes its text)."""
+    from omegaconf import OmegaConf
+
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    values: dict[str, Any] = {}
+    for key in keys:
+        if key in choices:
+            values[key] = choices[key]
+            continue
+        value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+        is_scalar = value is None or isinstance(value, (str, int, float, bool))
+        values[key] = value if is_scalar else str(OmegaConf.to_container(value, resolve=False))
+    return values
 
 
 class _GroupView:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,28 @@ def cli_target(storage_url: str) -> str:
     return mask_url(storage_url)
 
 
-def report(results: dict[str, Any], path: Path, storage_url: str | None) -> None:
+def runnable(program: Path, launch_dir: str | os.PathLike[str]) -> str:
+    """A program path as the user can type it where they launched the sweep: relative when inside that folder
+    (`.venv/bin/python`), else absolute; never resolved (a venv's python is a link to the system one)."""
+    path, base = os.path.abspath(program), os.path.abspath(launch_dir)
+    shown = os.path.relpath(path, base) if path.startswith(base + os.sep) else path
+    return shlex.quote(shown)
+
+
+def look_commands(storage_url: str, study_name: str, launch_dir: str | os.PathLike[str]) -> list[str]:
+    """The dashboard and the report for this study, run by the interpreter (and its environment) of this sweep."""
+    target = shlex.quote(cli_target(storage_url))
+    python = Path(sys.executable) if sys.executable else None
+    dashboard = python.parent / "optuna-dashboard" if python is not None else None
+    shown_dashboard = runnable(dashboard, launch_dir) if dashboard is not None and dashboard.exists() else None
+    shown_python = runnable(python, launch_dir) if python is not None else "python"
+    return [
+        f"{shown_dashboard or 'optuna-dashboard'} {target}",
+        f"{shown_python} -m analysis.report --storage {target} --study {shlex.quote(study_name)}",
+    ]
+
+
+def report(results: dict[str, Any], path: Path, storage_url: str | None, launch_dir: str) -> None:
     """Log the best result(s), where they were written, and the two commands to look at the study."""
     counts = ", ".join(f"{n} {state}" for state, n in results["trials"].items()) or "no trials"
     log.info("Study %r: %s.", results["study_name"], counts)
@@ -90,9 +113,5 @@ def report(results: dict[str, Any], path: Path, storage_url: str | None) -> None
     target = cli_target(storage_url)
     hidden = " (password hidden: use the real URL)" if target != storage_url and "***" in target else ""
     log.info("Look at it:%s", hidden)
-    log.info("    optuna-dashboard %s", shlex.quote(target))
-    log.info(
-        "    python -m analysis.report --storage %s --study %s",
-        shlex.quote(target),
-        shlex.quote(results["study_name"]),
-    )
+    for command in look_commands(storage_url, results["study_name"], launch_dir):
+        log.info("    %s", command)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,10 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper._grammar import SearchSpace
 from sweeper._settings import config_class
 
-log = logging.getLogger(__name__)
-
-MOTPE = "MOTPESampler"
-TPE = "optuna.samplers.TPESampler"
+MOTPE = "MOTPESampler"  # removed from Optuna 4.0: selecting it is an error naming its replacements
 # samplers whose Optuna implementation imports an optional package on first use (`pip install lorasweep[samplers]`)
 NEEDS = {"CmaEsSampler": "cmaes", "GPSampler": "scipy", "QMCSampler": "scipy"}
 
@@ -78,7 +74,14 @@ class PerTrialSeedSampler(BaseSampler):
 
 def sampler_class(spec: dict[str, Any]) -> type[BaseSampler]:
     target = spec["_target_"]
-    return config_class("sampler", TPE if target.rsplit(".", 1)[-1] == MOTPE else target, BaseSampler)
+    if target.rsplit(".", 1)[-1] == MOTPE:
+        raise ValueError(
+            "The sampler must be one Optuna still has: MOTPESampler was deprecated in Optuna 2.9 in favour of "
+            "TPESampler, which handles several objectives, and removed in 4.0, but got hydra/sweeper/sampler=motpe; "
+            "use hydra/sweeper/sampler=tpe (hydra.sweeper.sampler.multivariate=true models the parameters jointly) "
+            "or hydra/sweeper/sampler=nsgaii."
+        )
+    return config_class("sampler", target, BaseSampler)
 
 
 def _check_installed(cls: type[BaseSampler]) -> None:
@@ -101,14 +104,6 @@ def build_sampler(spec: dict[str, Any], space: SearchSpace | None) -> tuple[Base
     `space=None` only checks the arguments (when the sweeper is built, before the search space is known).
     """
     kwargs = {k: v for k, v in spec.items() if k != "_target_" and v is not None}
-    if spec["_target_"].rsplit(".", 1)[-1] == MOTPE:
-        kwargs = {k: v for k, v in kwargs.items() if k in ("seed", "n_startup_trials")}
-        if space is not None:
-            log.warning(
-                "MOTPESampler was removed from Optuna (4.0); TPESampler runs multi-objective studies itself. "
-                "Running TPESampler(%s): select hydra/sweeper/sampler=tpe to silence this.",
-                ", ".join(f"{k}={v}" for k, v in kwargs.items()),
-            )
     cls = sampler_class(spec)
     _check_installed(cls)
     seed = kwargs.pop("seed", None)
@@ -134,4 +129,5 @@ def build_sampler(spec: dict[str, Any], space: SearchSpace | None) -> tuple[Base
 
 
 def sampler_name(sampler: BaseSampler) -> str:
-    return repr(sampler) if isinstance(sampler, PerTrialSeedSampler) else type(sampler).__name__
+    """Optuna's class name; the sweeper's wrappers (per-trial seeds, distinct points) describe themselves."""
+    return repr(sampler) if type(sampler).__module__.startswith("sweeper.") else type(sampler).__name__

@@ -17,6 +17,8 @@ from sweeper._storage import STORAGE_SCHEMES, mask_url, url_scheme
 DIRECTIONS = ("minimize", "maximize")
 # several workers: heartbeats, stale trials, reconnection (keys hydra-optuna-sweeper does not have)
 LIVENESS_KEYS = ("heartbeat_interval", "grace_period", "max_retry", "reconnect_timeout")
+# other keys hydra-optuna-sweeper does not have: a config written for it lacks them, so they take their defaults
+OWN_KEYS = (*LIVENESS_KEYS, "extend_study", "check")
 KEYS = (
     "sampler",
     "pruner",
@@ -24,12 +26,14 @@ KEYS = (
     "objective",
     "storage",
     "study_name",
+    "extend_study",
     "n_trials",
     "n_jobs",
     "max_failure_rate",
     "params",
     "search_space",
     "custom_search_space",
+    "check",
     *LIVENESS_KEYS,
 )
 
@@ -46,11 +50,13 @@ class Settings:
     metric_names: list[str] | None
     storage: str | None
     study_name: str | None
+    extend_study: bool
     n_trials: int
     n_jobs: int
     max_failure_rate: float
     params: dict[str, Any]
     custom_search_space: str | None
+    check: str | None
     heartbeat_interval: int | None
     grace_period: int | None
     max_retry: int | None
@@ -84,7 +90,7 @@ def build_settings(**raw: Any) -> Settings:
     if unknown:
         raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}.")
     cfg = {key: _plain(raw.get(key)) for key in KEYS}
-    for key in LIVENESS_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
+    for key in OWN_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
         if key not in raw:
             cfg[key] = getattr(LorasweepSweeperConf, key)
 
@@ -117,6 +123,9 @@ def build_settings(**raw: Any) -> Settings:
     if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()):
         raise ValueError(f"`study_name` must be null or a non-empty string, but got study_name={study_name!r}.")
 
+    if not isinstance(cfg["extend_study"], bool):
+        raise ValueError(f"`extend_study` must be true or false, but got extend_study={cfg['extend_study']!r}.")
+
     for key in ("n_trials", "n_jobs"):
         if not _is_int(cfg[key]) or cfg[key] < 1:
             raise ValueError(f"`{key}` must be a positive integer, but got {key}={cfg[key]!r}.")
@@ -135,12 +144,12 @@ def build_settings(**raw: Any) -> Settings:
             f"grammar (optim.lr: tag(log, interval(1e-5, 1e-3))), but got search_space={cfg['search_space']!r}."
         )
 
-    custom = cfg["custom_search_space"]
-    if custom is not None and (not isinstance(custom, str) or "." not in custom):
-        raise ValueError(
-            "`custom_search_space` must be the dotted path of a function (cfg, trial) -> None, "
-            f"but got custom_search_space={custom!r}."
-        )
+    for key, signature in (("custom_search_space", "(cfg, trial)"), ("check", "(cfg)")):
+        path = cfg[key]
+        if path is not None and (not isinstance(path, str) or "." not in path):
+            raise ValueError(
+                f"`{key}` must be the dotted path of a function {signature} -> None, but got {key}={path!r}."
+            )
 
     _check_liveness(cfg)
 
@@ -159,11 +168,13 @@ def build_settings(**raw: Any) -> Settings:
         metric_names=list(names) if names is not None else None,
         storage=storage,
         study_name=study_name,
+        extend_study=cfg["extend_study"],
         n_trials=cfg["n_trials"],
         n_jobs=cfg["n_jobs"],
         max_failure_rate=float(rate),
         params={str(k): v for k, v in params.items()},
-        custom_search_space=custom,
+        custom_search_space=cfg["custom_search_space"],
+        check=cfg["check"],
         heartbeat_interval=cfg["heartbeat_interval"],
         grace_period=cfg["grace_period"],
         max_retry=cfg["max_retry"],
@@ -213,6 +224,7 @@ def config_class(group: str, target: str, base: type) -> type:
     return cls
 
 
-def failures_allowed(settings: Settings) -> int:
-    """Failed trials a sweep run tolerates before it stops: max_failure_rate x n_trials, rounded down."""
-    return math.floor(settings.max_failure_rate * settings.n_trials + 1e-9)
+def failures_allowed(settings: Settings, n_trials: int | None = None) -> int:
+    """Failed trials a sweep run tolerates before it stops: max_failure_rate x n_trials, rounded down; `n_trials`
+    is the budget in effect (a grid or a finite search space of fewer points runs fewer trials)."""
+    return math.floor(settings.max_failure_rate * (settings.n_trials if n_trials is None else n_trials) + 1e-9)

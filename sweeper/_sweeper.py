@@ -17,12 +17,16 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sweeper._budget import Budget
+from sweeper._finite import DistinctPointSampler, FiniteSpace
 from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
 from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
-from sweeper._pruners import GROUP_BY, GroupedPruner, build_pruner, pruner_name
+from sweeper._optuna_private import study_storage, trial_id
+from sweeper._preflight import preflight, registered_check
+from sweeper._pruners import GROUP_ATTR, GROUP_BY, GroupedPruner, build_pruner, group_values, pruner_name
+from sweeper._recorded import check_or_record
 from sweeper._results import report, summarize, write_results
-from sweeper._samplers import build_sampler, sampler_name
+from sweeper._samplers import build_sampler, sampler_class, sampler_name
 from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
 from sweeper._storage import (
     HeartbeatSettings,
@@ -46,18 +50,16 @@ class OptunaSweeper:
         self.settings: Settings = build_settings(**raw)
         build_sampler(self.settings.sampler, None)  # bad sampler or pruner arguments fail here, before any work
         build_pruner(self.settings.pruner, self.settings.multi_objective, quiet=True)
-        self.custom_search_space = None
-        if self.settings.custom_search_space:
-            try:
-                self.custom_search_space = get_method(self.settings.custom_search_space)
-            except Exception as e:
-                raise ValueError(
-                    "`custom_search_space` must be the dotted path of an importable function (cfg, trial) -> None, "
-                    f"but got custom_search_space={self.settings.custom_search_space!r} ({e})."
-                ) from None
+        self.custom_search_space = _function("custom_search_space", self.settings.custom_search_space, "(cfg, trial)")
+        # the app's check of each swept value: hydra.sweeper.check, else the one it registered (sweep.py does)
+        self.check, self.check_name = registered_check() or (None, None)
+        if self.settings.check:
+            self.check = _function("check", self.settings.check, "(cfg)")
+            self.check_name = f"hydra.sweeper.check={self.settings.check}"
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
+        self.pruner: optuna.pruners.BasePruner | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -79,20 +81,32 @@ class OptunaSweeper:
             prepare=lambda trial: self._prepare(trial, space, study.study_name),
             launch=self._launch,
             n_workers=n_workers,
-            failures_allowed=failures_allowed(s),
+            failures_allowed=failures_allowed(s, budget.n_trials),
             heartbeat=Heartbeat(study, s.grace_s or 0),
             reconnect_timeout=s.reconnect_timeout,
             storage_name=mask_url(storage_url),
         )
         loop.run()
+        if budget.exhausted(study) and budget.n_trials < budget.requested:
+            assert budget.finite is not None
+            log.info(
+                "All %d points of the search space (%s) have run, each once: the sweep stops short of n_trials=%d.",
+                budget.finite.n_points,
+                budget.finite.describe(),
+                budget.requested,
+            )
 
         results = summarize(study, storage_url, budget.n_trials, space.recorded())
         path = write_results(results, Path(str(self.config.hydra.sweep.dir)))
-        report(results, path, storage_url)
+        report(results, path, storage_url, str(self.config.hydra.runtime.cwd))
         if loop.stop_reason is not None and loop.failures > loop.failures_allowed:
+            assert loop.last_failure is not None
+            number, reason = loop.last_failure
+            last = " ".join(reason.split())
             raise SweepError(
                 f"The sweep stopped early: {loop.stop_reason} (max_failure_rate={s.max_failure_rate}, "
-                f"n_trials={s.n_trials}); see each trial's fail_reason in study {study.study_name!r}."
+                f"n_trials={budget.n_trials}). Last failure, trial {number}: {last[:500]} "
+                f"(each trial's reason is its fail_reason in study {study.study_name!r})."
             )
 
     def _open(self, arguments: list[str]) -> tuple[optuna.Study, SearchSpace, Budget, str | None, int]:
@@ -100,7 +114,8 @@ class OptunaSweeper:
         assert self.config is not None and self.hydra_context is not None
         s = self.settings
         params = [f"{key}={_param_text(value)}" for key, value in s.params.items()]
-        space = parse_search_space(params + list(arguments), self.hydra_context.config_loader)
+        is_grid = sampler_class(s.sampler) is optuna.samplers.GridSampler
+        space = parse_search_space(params + list(arguments), self.hydra_context.config_loader, grid=is_grid)
         sampler, n_grid = build_sampler(s.sampler, space)
         if n_grid is not None and self.custom_search_space is not None:
             raise ValueError(
@@ -109,9 +124,9 @@ class OptunaSweeper:
             )
         study_name = s.study_name or default_study_name(self.config, space)
         self._set_study_name(study_name)
-        self._check_composes(space, study_name)
+        self._preflight(space, study_name)
         storage_url = absolute_url(s.storage, str(self.config.hydra.runtime.cwd))
-        pruner = build_pruner(s.pruner, s.multi_objective)
+        pruner = self.pruner = build_pruner(s.pruner, s.multi_objective)
         try:
             storage = open_storage(storage_url, heartbeat=heartbeat_settings(s), timeout_s=s.reconnect_timeout)
             study = open_study(storage, study_name, s.directions, sampler, pruner, s.metric_names)
@@ -120,9 +135,13 @@ class OptunaSweeper:
                 f"The study's storage must be a database this worker can open, but got storage={mask_url(storage_url)} "
                 f"({first_line(e)})."
             ) from None
+        check_or_record(study, space, extend=s.extend_study)
         if storage_url is None:
             register_local_study(study)
-        budget = Budget(s.n_trials, space.grid() if n_grid is not None else None)
+        finite = FiniteSpace.of(space) if n_grid is None and self.custom_search_space is None else None
+        if finite is not None:
+            sampler = study.sampler = DistinctPointSampler(study.sampler, finite, s.sampler.get("seed"))
+        budget = Budget(s.n_trials, space.grid() if n_grid is not None else None, finite)
         n_workers = 1 if isinstance(self.launcher, BasicLauncher) else s.n_jobs
         self._log_start(study, storage_url, space, budget, sampler, pruner, n_workers)
         self._check_pruner_groups(space, pruner)
@@ -145,7 +164,19 @@ class OptunaSweeper:
         task_overrides = space.overrides(values)
         sampled = task_overrides[len(space.fixed) :]  # the fixed ones were listed when the sweep started
         log.info("trial %d: %s", trial.number, " ".join(sampled) or "(no searched parameters)")
-        return task_overrides + _trial_identity(study_name, trial.number)
+        overrides = task_overrides + _trial_identity(study_name, trial.number)
+        self._record_group(trial, overrides)
+        return overrides
+
+    def _record_group(self, trial: optuna.Trial, overrides: list[str]) -> None:
+        """Record the trial's values of the pruner's group_by keys, read from its composed config (as the job
+        will see it), for GroupedPruner: a key nobody set on the command line still has its config value."""
+        keys = self.pruner.keys if isinstance(self.pruner, GroupedPruner) else []
+        if not keys:
+            return
+        assert self.config is not None and self.hydra_context is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        study_storage(trial.study).set_trial_system_attr(trial_id(trial), GROUP_ATTR, group_values(config, keys))
 
     def _launch(self, overrides: list[str], number: int) -> JobReturn:
         # the trial number is the job number: trial folders are trial_<number>, unique across workers
@@ -157,26 +188,12 @@ class OptunaSweeper:
         with read_write(self.config.hydra.sweeper), open_dict(self.config.hydra.sweeper):
             self.config.hydra.sweeper.study_name = name
 
-    def _check_composes(self, space: SearchSpace, study_name: str) -> None:
-        """Compose the config once per categorical choice, so a misspelt key or option fails before any trial."""
+    def _preflight(self, space: SearchSpace, study_name: str) -> None:
+        """Compose (and check, with hydra.sweeper.check) a trial config per swept value, before any trial."""
         assert self.config is not None and self.hydra_context is not None
-        first = {name: _first_value(p.distribution) for name, p in space.params.items()}
-        probes = [first]
-        for name, param in space.params.items():
-            for choice in getattr(param.distribution, "choices", ())[1:]:
-                probes.append({**first, name: choice})
-        for values in probes:
-            overrides = space.overrides(values)
-            try:
-                self.hydra_context.config_loader.load_sweep_config(
-                    self.config, overrides + _trial_identity(study_name, 0)
-                )
-            except Exception as e:
-                message = " ".join(str(e).split())
-                raise ValueError(
-                    f"Every trial's overrides must compose with the app's config, but got {' '.join(overrides)}: "
-                    f"{message[:400]}"
-                ) from None
+        loader, config = self.hydra_context.config_loader, self.config
+        compose = lambda overrides: loader.load_sweep_config(config, overrides + _trial_identity(study_name, 0))
+        preflight(space, compose, self.check, self.check_name)
 
     @staticmethod
     def _check_pruner_groups(space: SearchSpace, pruner: optuna.pruners.BasePruner) -> None:
@@ -184,9 +201,6 @@ class OptunaSweeper:
         if isinstance(pruner, optuna.pruners.NopPruner):
             return
         keys = pruner.keys if isinstance(pruner, GroupedPruner) else []
-        for key in keys:
-            if key not in space.params and key not in space.fixed:
-                log.info("Pruner %s=%s: %r is not a parameter of this sweep (one value for all)", GROUP_BY, keys, key)
         across = [k for k in ("model", "finetune") if k in space.params and k not in keys]
         if across:
             log.warning(
@@ -223,9 +237,11 @@ class OptunaSweeper:
         for fixed in space.fixed.values():
             log.info("    %s (fixed)", f"{fixed.name}=***" if fixed.secret else fixed.override)
         grid = f" (grid of {budget.n_grid} points)" if budget.n_grid is not None else ""
+        if budget.finite is not None and budget.finite.n_points <= budget.requested:
+            grid = f" ({budget.finite.n_points} points in the search space: each runs once)"
         log.info(
             "Budget: n_trials=%d%s, %d already in the study, %d to run, %d at a time",
-            budget.n_trials,
+            budget.requested,
             grid,
             used,
             max(budget.left(study), 0),
@@ -275,9 +291,17 @@ def _param_text(value: Any) -> str:
     return format_value(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
-def _first_value(dist: Any) -> Any:
-    choices = getattr(dist, "choices", None)
-    return choices[0] if choices is not None else dist.low
+def _function(key: str, path: str | None, signature: str) -> Any:
+    """The function a `hydra.sweeper` key names by dotted path (None when unset)."""
+    if not path:
+        return None
+    try:
+        return get_method(path)
+    except Exception as e:
+        raise ValueError(
+            f"`{key}` must be the dotted path of an importable function {signature} -> None, but got {key}={path!r} "
+            f"({' '.join(str(e).split())[:300]})."
+        ) from None
 
 
 def default_study_name(config: DictConfig, space: SearchSpace) -> str:

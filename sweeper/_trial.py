@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import optuna
 
+from sweeper._optuna_private import trial_id, trial_id_of_number
 from sweeper._pruners import build_pruner
 from sweeper._storage import DEFAULT_RECONNECT_TIMEOUT_S, absolute_url, open_storage, with_retries
 
@@ -88,7 +89,7 @@ class TrialHandle:
         for key, value in attrs.items():
             self.set_user_attr(key, value)
         if not self.multi_objective:
-            stored = self._retried(lambda: self._trial.storage.get_trial(self._trial._trial_id), "reading the trial")
+            stored = self._retried(lambda: self._trial.storage.get_trial(trial_id(self._trial)), "reading the trial")
             for step, value in curve_values(metrics).items():
                 if step not in stored.intermediate_values:
                     self.report(value, step)
@@ -228,7 +229,7 @@ def _open_handle(study_name: str, number: int) -> TrialHandle | None:
         study.pruner = build_pruner(spec, len(study.directions) > 1, quiet=True)
     timeout_s = _reconnect_timeout(sweeper_cfg)
     trial_id = with_retries(
-        lambda: study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number),
+        lambda: trial_id_of_number(study, number),
         f"finding trial {number}",
         timeout_s=timeout_s,
     )

@@ -22,23 +22,53 @@ def test_issue_example_gives_log_float_categorical_and_stepped_int():
     assert space.fixed == {}
 
 
-def test_range_includes_hi_as_the_plugin_does_and_grid_lists_the_same_values():
+def test_range_includes_hi_for_samplers_as_the_plugin_reads_it():
     space = parse_search_space(["a=range(4,16,4)", "b=range(0.0,0.2,0.05)", "c=range(3)"])
-    assert space.distributions["b"] == FloatDistribution(0.0, 0.2, step=0.05)
-    assert space.distributions["c"] == IntDistribution(0, 3)
+    assert space.distributions == {
+        "a": IntDistribution(4, 16, step=4),
+        "b": FloatDistribution(0.0, 0.2, step=0.05),
+        "c": IntDistribution(0, 3),
+    }
+
+
+def test_range_under_the_grid_sampler_is_hydras_half_open_range():
+    args = ["a=range(4,16,4)", "b=range(0.0,0.2,0.05)", "c=range(3)", "d=range(4,17,4)", "e=int(interval(1,4))"]
+    space = parse_search_space(args, grid=True)
     grid = space.grid()
-    assert grid["a"] == [4, 8, 12, 16]
-    assert grid["b"] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
-    assert grid["c"] == [0, 1, 2, 3]
+    assert grid["a"] == [4, 8, 12] and grid["c"] == [0, 1, 2] and grid["d"] == [4, 8, 12, 16]
+    assert grid["b"] == pytest.approx([0.0, 0.05, 0.1, 0.15])
+    assert grid["e"] == [1, 2, 3], "the plugin's grid reads an int interval as a range too"
+    # Hydra's own reading of the same text, for reference
+    (override,) = OverridesParser.create().parse_overrides(["a=range(4,16,4)"])
+    assert list(override.sweep_iterator()) == grid["a"]
+    assert space.distributions["a"] == IntDistribution(4, 12, step=4), "the study records what can run"
+    with pytest.raises(ValueError, match=r"excludes hi under the grid sampler .* but got a=range\(4,4,1\)"):
+        parse_search_space(["a=range(4,4)"], grid=True)
 
 
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("x=interval(1,10)", IntDistribution(1, 10)),
-        ("x=interval(1.0,10)", FloatDistribution(1.0, 10.0)),
+        # hydra-optuna-sweeper's own test cases (test_create_optuna_distribution_from_override), in Optuna 4 names
+        ("x=choice(1,2)", CategoricalDistribution([1, 2])),
+        ("x=choice(true, false)", CategoricalDistribution([True, False])),
+        ("x=choice('hello', 'world')", CategoricalDistribution(["hello", "world"])),
+        ("x=range(1,3)", IntDistribution(1, 3)),
+        ("x=interval(1, 5)", FloatDistribution(1, 5)),
+        ("x=int(interval(1, 5))", IntDistribution(1, 5)),
+        ("x=tag(log, interval(1, 5))", FloatDistribution(1, 5, log=True)),
+        ("x=tag(log, int(interval(1, 5)))", IntDistribution(1, 5, log=True)),
+        ("x=range(0.5, 5.5, step=1)", FloatDistribution(0.5, 5.5, step=1)),
+        # ours
+        ("x=interval(1,10)", FloatDistribution(1.0, 10.0)),
+        ("x=interval(0,1)", FloatDistribution(0.0, 1.0)),
+        ("x=float(interval(1,10))", FloatDistribution(1.0, 10.0)),
+        ("x=int(tag(log, interval(1, 64)))", IntDistribution(1, 64, log=True)),
+        ("x=float(range(1,4))", FloatDistribution(1.0, 4.0, step=1.0)),
+        ("x=int(range(1.0,4.0))", IntDistribution(1, 4)),
+        ("x=str(1,2)", CategoricalDistribution(["1", "2"])),
+        ("x=float(1,2)", CategoricalDistribution([1.0, 2.0])),
         ("x=interval(-0.5, 0.5)", FloatDistribution(-0.5, 0.5)),
-        ("x=tag(log, interval(1, 64))", IntDistribution(1, 64, log=True)),
         ("x=tag(log,range(1,64))", IntDistribution(1, 64, log=True)),
         ("x=choice(adamw,sgd)", CategoricalDistribution(["adamw", "sgd"])),
         ("x=shuffle(1,2,3)", CategoricalDistribution([1, 2, 3])),
@@ -47,6 +77,14 @@ def test_range_includes_hi_as_the_plugin_does_and_grid_lists_the_same_values():
 )
 def test_each_form_maps_to_a_modern_distribution(override, expected):
     assert parse_search_space([override]).distributions["x"] == expected
+
+
+def test_cast_values_reach_the_job_with_their_cast_type():
+    space = parse_search_space(["a=str(1,2)", "b=float(1,2)", "c=int(interval(1,5))"])
+    overrides = space.overrides({"a": "1", "b": 2.0, "c": 3})
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+    assert parsed == {"a": "1", "b": 2.0, "c": 3}
+    assert [type(v) for v in parsed.values()] == [str, float, int]
 
 
 def test_plain_values_are_fixed_and_recorded_with_their_type():
@@ -82,7 +120,7 @@ def test_config_group_choices_and_list_values_are_categoricals_written_back_verb
     assert parsed == {"finetune": "lora", "lora.targets": ["qkv", "fc"], "name": "a b", "opt": None}
 
 
-@pytest.mark.parametrize("value", [1e-05, 0.1 + 0.2, -3, True, None, "lora", "a,b", "x=y", 2.5e10])
+@pytest.mark.parametrize("value", [1e-05, 0.1 + 0.2, -3, True, None, "lora", "a,b", "x=y", 2.5e10, "1", "true", "null"])
 def test_sampled_values_round_trip_through_the_override_parser(value):
     (parsed,) = OverridesParser.create().parse_overrides([f"k={format_value(value)}"])
     assert parsed.value() == value
@@ -93,6 +131,7 @@ def test_sampled_values_round_trip_through_the_override_parser(value):
     [
         ("x=range(10,1)", "`lo <= hi` must hold in range(lo,hi,step), but got x=range(10,1,1)"),
         ("x=interval(5,1)", "`lo <= hi` must hold in interval(lo,hi), but got x=interval(5.0,1.0)"),
+        ("x=int(interval(5,1))", "`lo <= hi` must hold in interval(lo,hi), but got x=interval(5,1)"),
         ("x=tag(log, interval(0, 1))", "`lo > 0` must hold on a log scale, but got x=tag(log,interval(0.0,1.0))"),
         ("x=tag(log, range(1, 64, 2))", "`log` needs the default step of 1"),
         ("x=tag(log, choice(a, b))", "`log` applies to range() and interval() only"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.samplers import GridSampler, NSGAIISampler, QMCSampler, RandomSampler, TPESampler
+from omegaconf import OmegaConf
+from optuna.samplers import GridSampler, NSGAIISampler, QMCSampler, RandomSampler
 
 from sweeper import parse_search_space
 from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
+from sweeper._preflight import preflight, set_config_check
 from sweeper._pruners import GroupedPruner, build_pruner
 from sweeper._samplers import PerTrialSeedSampler, build_sampler
 from sweeper._settings import build_settings, failures_allowed
@@ -55,6 +58,7 @@ def settings(**overrides):
         ("grace_period", -1, "`grace_period` must be null or a positive integer (seconds), but got grace_period=-1"),
         ("max_retry", -1, "`max_retry` must be null (no limit) or a non-negative integer, but got max_retry=-1"),
         ("reconnect_timeout", "1m", "`reconnect_timeout` must be a non-negative number of seconds, but got"),
+        ("extend_study", "yes", "`extend_study` must be true or false, but got extend_study='yes'"),
     ],
 )
 def test_each_key_is_checked_with_one_error_in_optunas_form(key, value, message):
@@ -105,13 +109,13 @@ def test_every_sampler_and_pruner_config_has_a_target_optuna_knows():
     assert conf.direction == "${oc.select:direction,minimize}" and conf.max_failure_rate == 0.5
 
 
-def test_motpe_is_accepted_and_runs_tpe_with_a_message(caplog):
-    space = parse_search_space(["x=interval(0,1)"])
+def test_motpe_is_an_error_naming_its_replacements_not_a_quiet_switch_to_tpe():
     spec = {"_target_": "optuna.samplers.MOTPESampler", "seed": None, "n_startup_trials": 5}
-    with caplog.at_level(logging.WARNING):
-        sampler, _ = build_sampler(spec, space)
-    assert isinstance(sampler, TPESampler)
-    assert "MOTPESampler was removed from Optuna" in caplog.text and "hydra/sweeper/sampler=tpe" in caplog.text
+    with pytest.raises(ValueError, match=r"MOTPESampler was deprecated in Optuna 2.9 in favour of TPESampler") as info:
+        build_sampler(spec, None)
+    message = str(info.value)
+    assert "but got hydra/sweeper/sampler=motpe" in message
+    assert "hydra/sweeper/sampler=tpe" in message and "hydra/sweeper/sampler=nsgaii" in message
 
 
 def test_unknown_sampler_argument_and_class_fail_when_the_sweeper_is_built():
@@ -298,3 +302,63 @@ def test_shipped_searches_prune_only_within_each_swept_model_and_mode(choice, co
     pruner = build_pruner(settings.pruner, settings.multi_objective)
     swept = {k for k in ("model", "finetune") if k in (settings.params or {})}
     assert isinstance(pruner, GroupedPruner) and swept <= set(pruner.keys), (swept, pruner)
+
+
+def _as_config(overrides: list[str]):
+    """A stand-in for Hydra's composition in the preflight tests: the overrides as a config, plus a hydra node."""
+    return OmegaConf.from_dotlist([*overrides, "hydra.job.name=app"])
+
+
+def _positive_a_and_b(cfg) -> None:
+    assert "hydra" not in cfg, "the check sees the job's config"
+    problems = [f"`{k} > 0` must hold, but got {k}={cfg[k]}" for k in ("a", "b") if k in cfg and cfg[k] <= 0]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+@pytest.mark.parametrize(
+    ("args", "blamed"),
+    [
+        (["a=4,0"], "a=0: `a > 0` must hold, but got a=0"),
+        (["a=0,4"], "a=0: `a > 0` must hold, but got a=0"),  # the first value: the others pass
+        (["a=range(-2,3)"], "a=-2: `a > 0` must hold, but got a=-2"),  # the ends of a range
+        (["b=-1", "a=1,2"], "b=-1 a=1: `b > 0` must hold, but got b=-1"),  # a fixed value: every probe fails
+    ],
+)
+def test_preflight_names_the_swept_value_the_apps_check_refuses(args, blamed):
+    space = parse_search_space(args)
+    with pytest.raises(ValueError) as info:
+        preflight(space, _as_config, _positive_a_and_b, "app.check")
+    message = str(info.value)
+    assert message.startswith("Every swept value must pass the app's config check (app.check)")
+    assert f"but got {blamed}." in message and "\n" not in message
+
+
+def test_preflight_passes_good_values_and_names_overrides_that_do_not_compose():
+    preflight(parse_search_space(["a=1,2", "b=range(1,3)"]), _as_config, _positive_a_and_b, "app.check")
+
+    def compose(overrides):
+        if "a=2" in overrides:
+            raise ValueError("Could not override 'a'")
+        return _as_config(overrides)
+
+    with pytest.raises(ValueError, match=r"must compose with the app's config, but got a=2: Could not override 'a'"):
+        preflight(parse_search_space(["a=1,2"]), compose, None, None)
+
+
+def test_the_registered_check_is_used_unless_hydra_sweeper_check_names_one():
+    def app_check(cfg) -> None:
+        """An app's check, registered as sweep.py registers its own."""
+
+    raw = {"sampler": TPE, "pruner": NOP, "direction": "minimize", "storage": None, "n_trials": 2, "n_jobs": 1}
+    raw["max_failure_rate"] = 0.5
+    set_config_check(app_check)
+    try:
+        assert OptunaSweeper(**raw).check is app_check
+        named = OptunaSweeper(**raw, check="os.path.exists")
+        assert named.check is os.path.exists and named.check_name == "hydra.sweeper.check=os.path.exists"
+        with pytest.raises(ValueError, match=r"`check` must be the dotted path of an importable function \(cfg\)"):
+            OptunaSweeper(**raw, check="nowhere.check")
+    finally:
+        set_config_check(None)
+    assert OptunaSweeper(**raw).check is None

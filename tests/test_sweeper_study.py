@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -9,11 +10,12 @@ import optuna
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from sweeper import ENV_STUDY, ENV_TRIAL, current_trial, user_attrs_from_metrics
 from sweeper._budget import NOT_RUN, Budget, is_not_run
+from sweeper._finite import DistinctPointSampler, FiniteSpace
 from sweeper._heartbeat import RETRY_OF, Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._outcome import judge, record, tell
 from sweeper._storage import HeartbeatSettings, is_creation_race, is_transient, open_storage, open_study, with_retries
@@ -73,6 +75,34 @@ def test_grid_points_run_once_and_a_discarded_trial_gives_its_point_back(storage
         seen.add(trial.params["r"])
         record(study, trial, judge(_returned(1.0), None, 1), run_dir=None)  # GridSampler's stop() is tolerated
     assert seen == {4, 8, 16}
+
+
+def test_a_finite_space_runs_each_point_once_under_a_sampler_that_draws_with_replacement(storage_url):
+    dist = {"r": CategoricalDistribution([4, 8, 16]), "b": IntDistribution(1, 2)}
+    finite = FiniteSpace(dist)
+    sampler = DistinctPointSampler(optuna.samplers.RandomSampler(seed=0), finite, seed=0)
+    study, budget = make_study(storage_url, sampler=sampler), Budget(n_trials=20, finite=finite)
+    assert finite.n_points == 6 and budget.n_trials == 6
+    points = []
+    while budget.runnable(study):
+        trial = study.ask(dist)
+        assert budget.admits(study, trial)
+        points.append((trial.params["r"], trial.params["b"]))
+        study.tell(trial, 1.0 if len(points) != 2 else None, state=TrialState.FAIL if len(points) == 2 else None)
+    assert sorted(points) == sorted(itertools.product([4, 8, 16], [1, 2])), "each point once, the failed one too"
+    assert budget.exhausted(study) and budget.left(study) == 0
+
+
+def test_two_workers_racing_for_one_point_of_a_finite_space_run_it_once(storage_url):
+    dist = {"r": CategoricalDistribution([4, 8])}
+    finite = FiniteSpace(dist)
+    study, budget = make_study(storage_url), Budget(n_trials=20, finite=finite)
+    study.enqueue_trial({"r": 4})  # both workers got rank 4 (asked before either was recorded)
+    study.enqueue_trial({"r": 4})
+    first, second = study.ask(dist), study.ask(dist)
+    assert budget.admits(study, first) and not budget.admits(study, second)
+    budget.discard(study, second)
+    assert budget.left(study) == 1, "the loser's point is not counted: rank 8 is left"
 
 
 def _returned(value=None, error=None):

@@ -5,6 +5,7 @@ Each test runs `python tests/apps/quadratic.py -m ...` as a user would and then 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -128,6 +129,8 @@ def test_too_many_failures_stop_the_sweep_with_a_clear_error(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "The sweep stopped early: 2 trials failed, more than max_failure_rate x n_trials = 1" in proc.stderr
+    assert "Last failure, trial 1: NonFiniteLossError: loss is nan at step 1" in proc.stderr, "as the plugin does"
+    assert (proc.stdout + proc.stderr).count("Traceback (most recent call last)") == 1, "one per distinct failure"
     assert states(load(tmp_path)) == ["FAIL", "FAIL"]
     assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
 
@@ -301,21 +304,69 @@ def test_the_shim_works_when_the_project_is_pip_installed_beside_other_hydra_plu
     assert states(load(run_dir)) == ["COMPLETE", "COMPLETE"]
 
 
-@pytest.mark.parametrize("group_by", [None, "[model]"])
-def test_pruning_within_groups_compares_a_trial_only_with_its_own_model(tmp_path, group_by):
-    # medium's loss is small's + 0.5 at every step: against all trials, a medium trial looks bad; against the
-    # other medium trial (the same loss: x=0.5 and 1.5 are symmetric about the optimum) it is never worse.
-    # The grid's order for seed 3: medium, small, small, medium
+@pytest.mark.parametrize(
+    ("group_by", "expected"),
+    [
+        (None, [("medium", 3.0), ("small", 3.0), ("medium", 1.5)]),
+        ("[model]", [("medium", 3.0), ("small", 3.0)]),
+    ],
+)
+def test_pruning_within_groups_prunes_against_the_own_group_and_never_against_another(tmp_path, group_by, expected):
+    # medium's loss is small's + 0.5 at every step; x=0.5 and x=1.5 are equally good (symmetric about the optimum),
+    # x=3.0 is bad. The grid's order for seed 7: medium 0.5, medium 3.0, small 0.5, small 3.0, small 1.5, medium 1.5.
+    # Grouped by model, each x=3.0 trial is stopped against the x=0.5 trial of its own model, and medium 1.5 runs to
+    # the end (as good as medium 0.5); ungrouped, medium 1.5 is also stopped, for being medium (the small ones are
+    # better).
     args = [
-        "model=small,medium", "x=0.5,1.5", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=3",
+        "model=small,medium", "x=0.5,1.5,3.0", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=7",
         "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
     ]  # fmt: skip
     proc = run_app(tmp_path, *args, *([f"hydra.sweeper.pruner.group_by={group_by}"] if group_by else []))
     study = load(tmp_path, "toy-small+medium-lora")
-    pruned = [t.params["model"] for t in study.trials if t.state == TrialState.PRUNED]
+    order = [(t.params["model"], t.params["x"]) for t in study.trials]
+    assert order == [("medium", 0.5), ("medium", 3.0), ("small", 0.5), ("small", 3.0), ("small", 1.5), ("medium", 1.5)]
+    pruned = [(t.params["model"], t.params["x"]) for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned == expected, states(study)
     if group_by:
-        assert pruned == [], states(study)
         assert "MedianPruner within model" in proc.stderr + proc.stdout
     else:
-        assert pruned == ["medium"], "the last medium trial is measured against the small ones"
         assert "group_by=[model]" in proc.stderr + proc.stdout, "the sweep says how to compare within models"
+
+
+def test_a_group_by_key_neither_swept_nor_fixed_still_prunes(tmp_path):
+    # every trial is model=small from the app's config; the group is then the whole study, as without group_by
+    args = [
+        "x=0.5,3.0", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.group_by=[model,finetune]",
+    ]  # fmt: skip
+    proc = run_app(tmp_path, *args)
+    study = load(tmp_path)
+    assert [(t.params["x"], t.state.name) for t in study.trials] == [(0.5, "COMPLETE"), (3.0, "PRUNED")]
+    assert "one value for all" not in proc.stdout + proc.stderr
+
+
+def probe(out: Path) -> str:
+    """tests/apps/leak_probe.py as a Hydra callback: one JSON line per job start."""
+    return f"+hydra.callbacks.probe={{_target_:leak_probe.LeakProbe,out:'{out}'}}"
+
+
+def test_nothing_of_a_complete_failed_or_pruned_trial_survives_into_the_next_one(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads() + 1  # every trial sets this; the next one must start with the default again
+    out = tmp_path / "probe.jsonl"
+    # grid order for seed 5: x=1.0 COMPLETE, x=5.0 FAIL (NaN), x=3.0 PRUNED, x=2.0 PRUNED (basic launcher: in-process)
+    run_app(
+        tmp_path, "x=1.0,5.0,3.0,2.0", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=5", "nan_above=4",
+        "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", "torch_module=true",
+        f"threads={threads}", probe(out),
+    )  # fmt: skip
+    study = load(tmp_path)
+    assert states(study) == ["COMPLETE", "FAIL", "PRUNED", "PRUNED"]
+    starts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s["job"] for s in starts] == [0, 1, 2, 3]
+    default = starts[0]["threads"]
+    assert default != threads
+    for before, start in zip(study.trials, starts[1:], strict=False):
+        assert start["alive"] == 0, f"the model of the {before.state.name} trial {before.number} is still alive"
+        assert start["threads"] == default, f"trial {before.number} set {threads} threads, and they stayed"

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import optuna
@@ -33,15 +34,30 @@ def suggest_y(cfg: DictConfig, trial: optuna.Trial) -> None:
         trial.suggest_int("y", 0, 3)
 
 
+def _torch_module(cfg: DictConfig) -> Any:
+    """A small torch model for the isolation tests (`torch_module=true`), and the thread count a job may set.
+    torch is imported only then: the other toy sweeps start faster without it."""
+    if not cfg.torch_module and cfg.threads is None:
+        return None
+    import torch
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    return torch.nn.Linear(64, 64) if cfg.torch_module else None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="quadratic")
 def main(cfg: DictConfig) -> float | tuple[float, float]:
     trial = current_trial() if cfg.report else None
+    module = _torch_module(cfg)
     if cfg.kill_above is not None and cfg.x > cfg.kill_above:
         os.kill(os.getpid(), signal.SIGKILL)  # a worker killed mid-trial (only under a process launcher)
     curve = []
     loss = math.inf
     for step in range(1, cfg.steps + 1):
         loss = (cfg.x - 1.0) ** 2 + cfg.y + cfg.model.offset + 1.0 / step
+        if module is not None:
+            module(module.weight.new_ones(1, module.in_features))  # the "model" a trial holds while it runs
         if cfg.nan_above is not None and cfg.x > cfg.nan_above:
             loss = float("nan")
         if not math.isfinite(loss):

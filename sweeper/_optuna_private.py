@@ -1,0 +1,78 @@
+"""Every use of Optuna's private API, in one place: what it is for, and the public API that would replace it.
+
+Optuna's public `Study` and `Trial` hide their storage and ids, and a Hydra sweeper drives trials outside
+`study.optimize`, where Optuna keeps the pieces it needs (heartbeats, the grid's bookkeeping) to itself. Nothing
+else in `sweeper/` touches a private name: when an Optuna release moves one, `tests/test_sweeper_optuna_private.py`
+fails on that name, and this file is the one to change. `pyproject.toml` bounds Optuna to the versions tested.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+# GridSampler's trial system attributes: which grid point a trial holds, and the grid it belongs to. The sweeper's
+# budget reads them to count grid points taken across workers, and frees the point of a trial it closes unrun
+# (-1: no point). Public replacement: none; `GridSampler.is_exhausted(study)` answers only "all taken?".
+GRID_ID_ATTR = "grid_id"
+GRID_SPACE_ATTR = "search_space"
+RETRY_HISTORY_ATTR = "retry_history"  # see retry_history()
+
+
+def study_storage(study: optuna.Study) -> BaseStorage:
+    """`study._storage`: heartbeats, and reads and writes of one trial by id (system attributes, its state).
+
+    Public replacement: none (`optuna.Study` has no storage property; `optuna.load_study(storage=...)` takes one
+    but does not hand it back).
+    """
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """`trial._trial_id`: the storage's key of a trial (heartbeats and storage calls are keyed by it, not by number).
+
+    Public replacement: none (`Trial.number` is per study; the storage API takes the global id).
+    """
+    return trial._trial_id
+
+
+def trial_id_of_number(study: optuna.Study, number: int) -> int:
+    """The storage id of trial `number`, for a job that must attach to the trial its sweeper asked for.
+
+    `study._study_id` is private; `BaseStorage.get_trial_id_from_study_id_trial_number` is public.
+    Public replacement: none (`optuna.Trial(study, trial_id)` needs the id; `study.trials[number]` is a frozen copy).
+    """
+    return study_storage(study).get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
+def heartbeat_enabled(storage: BaseStorage) -> bool:
+    """`optuna.storages._heartbeat.is_heartbeat_enabled`: whether the storage records heartbeats (RDB with
+    `heartbeat_interval`). The sweeper beats itself, since heartbeats only run inside `study.optimize`.
+
+    Public replacement: none (`RDBStorage.get_heartbeat_interval()` exists, but not on journal or in-memory storages).
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+def max_retry(callback: optuna.storages.RetryHeartbeatStaleTrialCallback) -> int | None:
+    """`RetryHeartbeatStaleTrialCallback._max_retry`: the sweeper logs why a stale trial is not queued again.
+
+    Public replacement: none (the constructor argument is not exposed).
+    """
+    return callback._max_retry
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the trials a retry (queued by `RetryHeartbeatStaleTrialCallback`) replaces: its system
+    attribute `retry_history`. The budget lets a retry re-run the point of the trial it replaces.
+
+    Public replacement: `RetryHeartbeatStaleTrialCallback.retry_history(trial)`, experimental: it warns at every
+    call (every budget check), and silencing that from worker threads is not thread-safe.
+    """
+    return list(trial.system_attrs.get(RETRY_HISTORY_ATTR, []))

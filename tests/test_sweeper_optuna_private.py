@@ -1,0 +1,89 @@
+"""The private Optuna names the sweeper relies on (sweeper/_optuna_private.py) still exist and mean the same.
+
+Each check runs the helper against a real study; an Optuna release that renames or moves one of them fails here,
+naming it, instead of deep inside a sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import ExperimentalWarning
+
+from sweeper import _optuna_private as private
+
+
+@contextlib.contextmanager
+def names(what: str) -> Iterator[None]:
+    """Turn a missing private name into one clear failure naming it and the module to update."""
+    try:
+        yield
+    except (AttributeError, ImportError, KeyError, TypeError) as e:
+        pytest.fail(
+            f"Optuna {optuna.__version__} no longer provides {what} ({type(e).__name__}: {e}); "
+            "update sweeper/_optuna_private.py and the optuna bound in pyproject.toml"
+        )
+
+
+@pytest.fixture
+def rdb_storage(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'p.db'}", heartbeat_interval=5, grace_period=10)
+
+
+def test_study_storage_and_trial_ids_address_the_same_trial(rdb_storage):
+    study = optuna.create_study(storage=rdb_storage, study_name="p")
+    trial = study.ask({"x": CategoricalDistribution([1, 2])})
+    with names("Study._storage"):
+        storage = private.study_storage(study)
+        assert isinstance(storage, optuna.storages.BaseStorage)
+    with names("Trial._trial_id / FrozenTrial._trial_id"):
+        tid = private.trial_id(trial)
+        frozen = storage.get_trial(tid)
+        assert frozen.number == trial.number and private.trial_id(frozen) == tid
+    with names("Study._study_id"):
+        assert private.trial_id_of_number(study, trial.number) == tid
+
+
+def test_heartbeat_flag_and_retry_limit(rdb_storage):
+    with_heartbeat = optuna.create_study(storage=rdb_storage, study_name="h")
+    without = optuna.create_study()
+    with names("optuna.storages._heartbeat.is_heartbeat_enabled"):
+        assert private.heartbeat_enabled(private.study_storage(with_heartbeat)) is True
+        assert private.heartbeat_enabled(private.study_storage(without)) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+    with names("RetryHeartbeatStaleTrialCallback._max_retry"):
+        assert private.max_retry(callback) == 2
+
+
+def test_grid_sampler_marks_each_trial_with_its_point_and_grid():
+    grid = {"x": [1, 2, 3]}
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
+    trials = [study.ask({"x": CategoricalDistribution([1, 2, 3])}) for _ in range(3)]
+    with names(f"GridSampler's trial system attributes {private.GRID_ID_ATTR!r} and {private.GRID_SPACE_ATTR!r}"):
+        attrs = [t.system_attrs for t in study.trials]
+        assert all(a[private.GRID_SPACE_ATTR] == grid for a in attrs)
+        ids = [a[private.GRID_ID_ATTR] for a in attrs]
+    assert sorted(ids) == [0, 1, 2], "one grid point per trial, numbered from 0"
+    assert sorted(t.params["x"] for t in trials) == [1, 2, 3]
+
+
+def test_a_retry_names_the_trials_it_replaces(rdb_storage):
+    study = optuna.create_study(storage=rdb_storage, study_name="r")
+    stale = study.ask({"x": CategoricalDistribution([1, 2])})
+    study.tell(stale, state=optuna.trial.TrialState.FAIL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[0])
+        retry = study.trials[1]
+        public = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(retry)
+    with names(f"the retry's system attribute {private.RETRY_HISTORY_ATTR!r}"):
+        assert private.retry_history(retry) == public == [stale.number]
