@@ -103,6 +103,8 @@ class Recorder:
             "trainable_pct": 100.0 * trainable / total,
             "peak_memory_mb": self.memory.megabytes(),
             "peak_memory_source": self.memory.source,
+            "peak_memory_own": self.memory.own,
+            "memory_at_start_mb": self.memory.start_mb,
             "wall_time_s": time.perf_counter() - self.started,
             "train_time_s": state.train_time_s,
             "train_tokens": state.train_tokens,
