@@ -1,7 +1,7 @@
 """What a trial leaves behind: metrics.json in its run folder, the same content as the sweep trial's attributes.
 
 ARCHITECTURE.md lists metrics.json's fields. A pruned trial records what it measured before it stopped; a trial
-whose effective config matches a finished one (`tasks.settings.config_fingerprint`) records that one's result.
+whose config, data and code match a finished one (`tasks.train.reuse`) records that one's result.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from common.files import write_atomic
-from tasks.settings import config_fingerprint
 from tasks.train.loop import FitState
 from tasks.train.objective import Objective
+from tasks.train.reuse import fingerprints
 from tasks.train.runtime import PeakMemory, Runtime, code_version
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Recorder:
             "seed": self.cfg.trainer.seed,
             "run_dir": str(self.out),
             "code_version": code_version(),
-            "config_fingerprint": config_fingerprint(self.cfg),
+            **fingerprints(self.cfg, self.data_info),
             "data": dict(self.data_info),
             "train_curve": state.train_curve,
             "val_curve": state.val_curve,
@@ -125,7 +125,7 @@ class Recorder:
 
 
 def reuse(twin: Any, trial: Any, out: Path, started: float) -> dict[str, Any]:
-    """Record an equivalent finished trial's result as this trial's, without training (see `config_fingerprint`)."""
+    """Record an equivalent finished trial's result as this trial's, without training (see `tasks.train.reuse`)."""
     source = Path(str(twin.user_attrs.get("run_dir", ""))) / METRICS_FILE
     if source.is_file():
         result = json.loads(source.read_text())

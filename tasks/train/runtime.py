@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
+import hashlib
 import logging
 import os
 import random
@@ -171,24 +173,33 @@ def _proc_status_mb(field: str) -> float | None:
     return None
 
 
+@functools.cache
 def code_version() -> str:
-    """The git commit of the project (with `-dirty` when there are local changes), else the package version."""
+    """The code this process runs: the git commit, with `-dirty.<hash of the diff>` when tracked files were changed
+    (so two different local edits are two versions), else the installed package version.
+
+    Read once per process: the modules it loaded are what its trials run, whatever the files say later.
+    """
     root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        if commit:
-            return commit
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit = _git(root, "describe", "--always", "--dirty", "--abbrev=12")
+    if commit:
+        if commit.endswith("-dirty"):
+            diff = _git(root, "diff", "HEAD", "--no-ext-diff", "--binary", strip=False) or ""
+            commit += "." + hashlib.sha256(diff.encode()).hexdigest()[:8]
+        return commit
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("lorasweep")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _git(root: Path, *args: str, strip: bool = True) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip() if strip else out

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from tasks import Task, TaskData, get_task
-from tasks.settings import check_config, config_fingerprint
+from tasks.settings import check_config
 from tasks.train.build import build_model, model_preset
 from tasks.train.errors import TrialOutOfMemoryError
 from tasks.train.handle import current_trial
@@ -27,6 +27,7 @@ from tasks.train.loop import FitState, eval_batch_size, evaluate, fit, restore_b
 from tasks.train.objective import Objective
 from tasks.train.optim import build_optimizer
 from tasks.train.record import Recorder, log_done, resolved_config, reuse
+from tasks.train.reuse import find_twin
 from tasks.train.runtime import PeakMemory, Runtime, resolve_runtime, seed_everything
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,12 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.trainer.seed)
     trial = current_trial()
-    twin = trial.find_complete("config_fingerprint", config_fingerprint(cfg)) if trial is not None else None
+    task, data, memory = _load(cfg, objective, runtime, preset.n_positions)
+    twin = find_twin(trial, cfg, data.info)  # after the load: the data is part of the fingerprint
     if twin is not None:
         return reuse(twin, trial, out, started)
 
-    setup = _setup(cfg, objective, runtime, preset.n_positions)
+    setup = _setup(cfg, task, data, memory, objective, runtime)
     recorder = Recorder(cfg, runtime, out, started, setup.memory, setup.params, getattr(setup.data, "info", {}), trial)
     state = _fit(cfg, setup, runtime, objective, recorder)
     metrics = _evaluate(cfg, setup, state, runtime, objective, out)
@@ -84,20 +86,29 @@ def _run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
     return path
 
 
-def _setup(cfg: DictConfig, objective: Objective, runtime: Runtime, n_positions: int) -> Setup:
-    """The task's data, the model and its optimizer; a judge objective without a key fails first, before any of it."""
-    from model import count_parameters
-
+def _load(
+    cfg: DictConfig, objective: Objective, runtime: Runtime, n_positions: int
+) -> tuple[Task, TaskData, PeakMemory]:
+    """The task and its tokenized splits; a judge objective without a key fails first, before any of it."""
     task = get_task(cfg.task)
     if task.kind == "lm":
         from tasks.judge import judge_preflight
 
         judge_preflight(cfg.judge, objective_needs_judge="judge" in objective.names)
+    memory = PeakMemory(runtime.device)
+    data = task.load(cfg.task, n_positions=n_positions, cache_dir=cfg.paths.cache_dir)
+    return task, data, memory
+
+
+def _setup(
+    cfg: DictConfig, task: Task, data: TaskData, memory: PeakMemory, objective: Objective, runtime: Runtime
+) -> Setup:
+    """The model and its optimizer, on top of the loaded data."""
+    from model import count_parameters
+
     # the validation metric behind early stopping and pruning: the objective when it is measured on the
     # validation split, else the task's own (e.g. perplexity when the objective is the end-of-trial judge)
     watch = objective if objective.on_validation else Objective.from_config(cfg.task.objective)
-    memory = PeakMemory(runtime.device)
-    data = task.load(cfg.task, n_positions=n_positions, cache_dir=cfg.paths.cache_dir)
     model = build_model(cfg, task.num_classes, runtime)
     params = count_parameters(model)
     log.info(
