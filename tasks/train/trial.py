@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tasks import Task, TaskData, get_task
 from tasks.settings import check_config
 from tasks.train.build import build_model, model_preset
-from tasks.train.errors import TrialOutOfMemoryError
+from tasks.train.errors import out_of_memory_names_settings
 from tasks.train.handle import current_trial
 from tasks.train.loop import FitState, eval_batch_size, evaluate, fit, restore_best
 from tasks.train.objective import Objective
@@ -66,7 +66,8 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
     setup = _setup(cfg, task, data, memory, objective, runtime)
     recorder = Recorder(cfg, runtime, out, started, setup.memory, setup.params, getattr(setup.data, "info", {}), trial)
     state = _fit(cfg, setup, runtime, objective, recorder)
-    metrics = _evaluate(cfg, setup, state, runtime, objective, out)
+    with out_of_memory_names_settings(cfg, runtime.device, runtime.precision, "evaluating the test split"):
+        metrics = _evaluate(cfg, setup, state, runtime, objective, out)
     if cfg.trainer.save_checkpoint:
         from model.checkpoint import save_trainable
 
@@ -126,21 +127,15 @@ def _fit(cfg: DictConfig, setup: Setup, runtime: Runtime, objective: Objective, 
 
     state = FitState()
     try:
-        return fit(
-            setup.model, setup.task, setup.data, setup.optimizer, runtime, cfg, state=state,
-            eval_key=setup.watch.keys[0], eval_direction=setup.watch.directions[0],
-            report=objective.on_validation and not objective.is_multi,
-        )  # fmt: skip
+        with out_of_memory_names_settings(cfg, runtime.device, runtime.precision, "training"):
+            return fit(
+                setup.model, setup.task, setup.data, setup.optimizer, runtime, cfg, state=state,
+                eval_key=setup.watch.keys[0], eval_direction=setup.watch.directions[0],
+                report=objective.on_validation and not objective.is_multi,
+            )  # fmt: skip
     except optuna.TrialPruned:
         recorder.pruned(state)
         raise
-    except torch.OutOfMemoryError as exc:
-        raise TrialOutOfMemoryError(
-            f"out of memory on {runtime.device} with model={cfg.model.name} finetune={cfg.finetune.mode} "
-            f"trainer.batch_size={cfg.trainer.batch_size} task.max_length={cfg.task.get('max_length')} "
-            f"precision={runtime.precision} grad_checkpointing={cfg.trainer.grad_checkpointing}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from exc
 
 
 def _evaluate(
