@@ -6,7 +6,8 @@
     python bench/train_step.py --size tiny --steps 2 --warmup 1 --reps 1   # the CI smoke run
     python bench/train_step.py --json bench.jsonl               # also append the results as JSON lines
 
-As nanoGPT's bench.py: random weights of GPT-2's shapes (the same shapes on both sides), fp32, AdamW, dropout 0,
+As nanoGPT's bench.py: random weights of GPT-2's shapes (the same weights on both sides: one random GPT-2 saved in
+Hugging Face's format, loaded by each), fp32, AdamW, dropout 0,
 gradient clipping at 1.0 (the HF Trainer's default and ours). The peer is `GPT2LMHeadModel` (SDPA attention), with
 `peft` LoRA r=8 on c_attn/c_proj/c_fc, stepped as the HF Trainer does: `loss.backward()`, clip, `step()`,
 `zero_grad()`, with torch's fused AdamW (the Trainer's default optimizer). Ours is `tasks.train.loop.train_step` on
@@ -19,7 +20,8 @@ Each (side, repetition) is a fresh process, ours and the peer alternating, so th
 each side's peak RSS (VmHWM, whole process) is its own. MFU = useful model FLOPs / time / the fp32 matmul peak
 (2048^3) each process measures right before its timed steps; 6 FLOPs per trained and 4 per frozen parameter per
 token (nanoGPT's estimate_mfu; LoRA's frozen weights need no weight gradient), plus attention; the LM head counts
-only at tokens that carry a loss.
+only at tokens that carry a loss. Both sides' first-step loss on the same weights and batch must agree (`same_loss`):
+otherwise they would not be computing the same thing, and their speeds would not compare.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import _common as C
 from model.allocator import GLIBC_ENV
 
 LORA_RANK, LORA_ALPHA = 8, 16
+SAME_LOSS_ATOL = 1e-4  # fp32 on the same weights: the two implementations round differently, by ~1e-6
 MALLOC_MODES: dict[str, dict[str, dict[str, str]]] = {
     "default": {"ours": {}, "peer": {}},
     "tuned-ours": {"ours": {"LORASWEEP_MALLOC": "tuned"}, "peer": {}},
@@ -62,7 +65,7 @@ def _ours(spec: dict[str, Any]) -> Any:
     """A closure running one of our optimizer steps on a batch, as a trial does."""
     import torch
 
-    from model import GPT, GPTConfig, apply_lora
+    from model import GPT, apply_lora
     from model.allocator import maybe_tune_malloc
     from tasks.alpaca import Alpaca
     from tasks.train.loop import train_step
@@ -70,7 +73,7 @@ def _ours(spec: dict[str, Any]) -> Any:
     from tasks.train.runtime import Runtime
 
     maybe_tune_malloc()  # as tasks.train.build.build_model: only with LORASWEEP_MALLOC=tuned
-    model = GPT(GPTConfig.from_preset(spec["size"]))
+    model = GPT.from_pretrained(spec["weights"])
     if spec["mode"] == "lora":
         apply_lora(model, rank=LORA_RANK, alpha=LORA_ALPHA, dropout=0.0)
     model.train()
@@ -84,19 +87,36 @@ def _ours(spec: dict[str, Any]) -> Any:
     return step, model
 
 
+def peer_config(size: str) -> Any:
+    from transformers import GPT2Config
+
+    from model.gpt2 import PRESETS
+
+    return GPT2Config(
+        **PRESETS[size], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
+        loss_type="ForCausalLM",
+    )  # fmt: skip
+
+
+def shared_weights(size: str, out: Path) -> Path:
+    """One random GPT-2 of `size` in Hugging Face's format (config.json + model.safetensors): both sides load it."""
+    C.quiet_peer()
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    if not (out / "model.safetensors").is_file():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(peer_config(size)).save_pretrained(out, safe_serialization=True)
+    return out
+
+
 def _peer(spec: dict[str, Any]) -> Any:
     """The same step with transformers + peft, written as the HF Trainer runs it."""
     C.quiet_peer()
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    from model.gpt2 import PRESETS
-
-    shape = PRESETS[spec["size"]]
-    config = GPT2Config(
-        **shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa", loss_type="ForCausalLM"
-    )
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel.from_pretrained(spec["weights"], config=peer_config(spec["size"]))
     if spec["mode"] == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -134,14 +154,17 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     batches = _batches(spec)
     step, _ = (_ours if spec["side"] == "ours" else _peer)(spec)
+    first_loss = None
     for i in range(spec["warmup"]):
-        step(batches[i % len(batches)], i)
+        loss = step(batches[i % len(batches)], i)
+        first_loss = loss if first_loss is None else first_loss
     peak = C.matmul_peak(spec["threads"])  # this process's own peak, measured just before its steps
     times, tokens, faults, losses, flops = [], 0, 0, [], 0.0
     for i in range(spec["steps"]):
         batch = batches[i % len(batches)]
         f0, t0 = C.minor_faults(), time.perf_counter()
         losses.append(step(batch, spec["warmup"] + i))
+        first_loss = losses[0] if first_loss is None else first_loss
         times.append(time.perf_counter() - t0)
         faults += C.minor_faults() - f0
         tokens += int(batch["attention_mask"].sum())
@@ -153,6 +176,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "step_s": C.median(times),
         "faults_per_step": faults / len(times),
         "peak_rss_mb": C.peak_rss_mb(),
+        "first_loss": first_loss,
         "last_loss": losses[-1],
     }
 
@@ -231,7 +255,11 @@ def compare(spec: dict[str, Any], batches: Any, args: argparse.Namespace) -> tup
         for side in ("ours", "peer"):
             env = MALLOC_MODES[args.malloc][side]
             runs[side].append(C.run_worker(__file__, {**spec, "side": side}, env=env))
-    med = {side: {k: C.median(r[k] for r in rs) for k in rs[0] if k != "last_loss"} for side, rs in runs.items()}
+    losses = ("first_loss", "last_loss")
+    med = {side: {k: C.median(r[k] for r in rs) for k in rs[0] if k not in losses} for side, rs in runs.items()}
+    # the same weights and first batch: both sides' first loss agrees to fp32 rounding, or they differ in what they do
+    first = {side: rs[0]["first_loss"] for side, rs in runs.items()}
+    same_loss = abs(first["ours"] - first["peer"]) <= SAME_LOSS_ATOL
     mfu = {s: m["mfu"] for s, m in med.items()}
     speedup = med["ours"]["tokens_per_s"] / med["peer"]["tokens_per_s"]
     rss = med["ours"]["peak_rss_mb"] / med["peer"]["peak_rss_mb"]
@@ -250,6 +278,7 @@ def compare(spec: dict[str, Any], batches: Any, args: argparse.Namespace) -> tup
         "peer RSS MB": f"{med['peer']['peak_rss_mb']:.0f}",
         "RSS ratio": f"{rss:.2f}",
         "faults/step ours/peer": "{:.0f}/{:.0f}".format(med["ours"]["faults_per_step"], med["peer"]["faults_per_step"]),
+        "same loss": "yes" if same_loss else f"NO ({first['ours']:.6f} vs {first['peer']:.6f})",
     }
     record = {
         "bench": "train_step",
@@ -262,6 +291,8 @@ def compare(spec: dict[str, Any], batches: Any, args: argparse.Namespace) -> tup
         "steps": spec["steps"],
         "reps": args.reps,
         "speedup": speedup,
+        "first_loss": first,
+        "same_loss": same_loss,
         "rss_ratio": rss,
         "mfu": mfu,
         "median": med,
@@ -296,7 +327,15 @@ def main() -> None:
             batches, steps = None, args.steps
         for size in args.size:
             for mode in args.mode:
-                spec = {**spec_base, "size": size, "mode": mode, "steps": steps, "warmup": args.warmup}
+                weights = str(shared_weights(size, tmp / f"weights-{size}"))
+                spec = {
+                    **spec_base,
+                    "size": size,
+                    "mode": mode,
+                    "steps": steps,
+                    "warmup": args.warmup,
+                    "weights": weights,
+                }
                 row, record = compare(spec, batches, args)
                 rows.append(row)
                 now = time.strftime("%Y-%m-%dT%H:%M:%S")

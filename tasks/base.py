@@ -158,6 +158,8 @@ class Task:
             cache.save(entry, splits, meta)
             sizes = "/".join(str(len(splits[k])) for k in cache.SPLITS)
             log.info("%s: train/val/test = %s rows, cached at %s", self.name, sizes, entry.with_suffix(".npz"))
+        # the data's identity (its content and every setting that shapes the tokens): part of config_fingerprint
+        meta["info"]["data_fingerprint"] = key[:32]
         names = meta.get("class_names")
         self._class_names = tuple(names) if names is not None else None
         for split in splits.values():

@@ -69,6 +69,21 @@ class TokenizedSplit:
     def row(self, i: int) -> list[int]:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]].tolist()
 
+    def take(self, rows: np.ndarray) -> TokenizedSplit:
+        """A new split of `rows` (indices into this one), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, lengths = self.offsets[rows], np.diff(self.offsets)[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        index = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+        return TokenizedSplit(
+            tokens=self.tokens[index],
+            offsets=offsets,
+            labels=None if self.labels is None else self.labels[rows],
+            prompt_lens=None if self.prompt_lens is None else self.prompt_lens[rows],
+            mask_prompt=self.mask_prompt,
+        )
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays to store (token cache)."""
         out = {"tokens": self.tokens, "offsets": self.offsets}

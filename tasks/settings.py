@@ -19,6 +19,10 @@ from tasks.train.runtime import DEVICES, PRECISIONS
 LORA_TARGETS = ("qkv", "attn_proj", "fc", "mlp_proj")
 FINETUNE_MODES = ("full", "lora")
 PHASES = ("search", "confirm")  # a search trial never sees test generations; a confirmation run scores them
+# trainer.reuse: which finished twin's result a trial may take instead of training (tasks.train.reuse)
+REUSE_MODES = ("same_version", "any_version", "off")
+# trainer keys that change how a trial runs or is recorded, never what it computes
+NOT_IN_FINGERPRINT = ("num_threads", "reuse")
 
 
 class ConfigError(ValueError):
@@ -74,6 +78,7 @@ def check_config(cfg: DictConfig, n_layer: int | None = None) -> None:
         problems.append(f"trainer.confirms must be a trial number >= 0 or null, but got trainer.confirms={confirms!r}")
     _in(problems, "trainer.device", tr.device, DEVICES)
     _in(problems, "trainer.precision", tr.precision, PRECISIONS)
+    _in(problems, "trainer.reuse", tr.get("reuse", "same_version"), REUSE_MODES)
 
     _in(problems, "optim.name", optim.name, OPTIMIZERS)
     _positive(problems, "optim.lr", optim.lr)
@@ -92,22 +97,32 @@ def check_config(cfg: DictConfig, n_layer: int | None = None) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def config_fingerprint(cfg: DictConfig) -> str:
-    """A short hash of everything that decides what a trial computes.
+def config_fingerprint(cfg: DictConfig, data_fingerprint: str | None) -> str:
+    """A short hash of everything that decides what a trial computes, except the code: the config and the data.
 
-    Two trials with the same fingerprint train the same model on the same data and get the same metrics, so a
-    sweep can reuse the first one's result: e.g. a grid crossing `finetune=full,lora` with `lora.rank=4,16` holds
-    two full fine-tuning points that differ only in a rank they ignore. Left out: where outputs go (`paths`), the
-    LoRA node under full fine-tuning, and the judge for tasks that generate nothing.
+    Two trials with the same fingerprint train the same model on the same data, so a sweep can reuse the first
+    one's result: e.g. a grid crossing `finetune=full,lora` with `lora.rank=4,16` holds two full fine-tuning points
+    that differ only in a rank they ignore. `data_fingerprint` is the task's `info["data_fingerprint"]` (the token
+    cache's key: the files' content or hub commit, and every setting that shapes the tokens), so a changed data file
+    is another fingerprint. Left out: where outputs go (`paths`), the LoRA node under full fine-tuning, the judge
+    for tasks that generate nothing, and `trainer.num_threads` / `trainer.reuse`.
     """
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     config.pop("paths", None)
     config.pop("hydra", None)
-    config.get("trainer", {}).pop("num_threads", None)
+    for key in NOT_IN_FINGERPRINT:
+        config.get("trainer", {}).pop(key, None)
     if cfg.finetune.mode != "lora":
         config.pop("lora", None)
     if cfg.task.name != "alpaca":
         config.pop("judge", None)
+    config["data_fingerprint"] = data_fingerprint
     blob = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def result_fingerprint(config_fp: str, code_version: str) -> str:
+    """The same config on the same data with the same code (`code_version`): the same result, up to nondeterminism
+    of the hardware."""
+    return hashlib.sha256(f"{config_fp}:{code_version}".encode()).hexdigest()[:16]

@@ -3,7 +3,8 @@
 One SQLite file (WAL mode, busy timeout) is safe for the many processes of a parallel sweep on one machine; each
 entry is written once (`INSERT OR IGNORE`), so two workers judging the same text both keep the first reply. The key
 is the sha256 of (model id, full prompt text, repeat index): a changed template, reference or response is a miss.
-Only replies the service returned are stored; failed requests are retried next time.
+Only replies that give a score are stored; failed requests and empty or unreadable replies are asked again next
+time (and such a reply found in an older cache is ignored).
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ CREATE TABLE IF NOT EXISTS replies (
 """
 
 
-def cache_key(model: str, prompt: str, repeat: int) -> str:
-    """The entry's identity: which judge, the exact text it saw, which of the k repeats."""
-    payload = json.dumps([model, prompt, repeat], ensure_ascii=False)
+def cache_key(model: str, prompt: str, repeat: int, *, response_format: str | None = None) -> str:
+    """The entry's identity: which judge, the exact text it saw, which of the k repeats, and the reply format it
+    was asked for (None: plain text, the key replies had before structured output)."""
+    parts: list[object] = [model, prompt, repeat] + ([response_format] if response_format else [])
+    payload = json.dumps(parts, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

@@ -7,13 +7,16 @@ error body, else the `Retry-After` header), up to `judge.retry.max_attempts` att
 (`HttpOptions.retry_options=None` means one attempt), since they ignore the server's delay and would multiply ours.
 Errors that every request would hit (bad key, unknown model, an exhausted daily quota, an unreachable host) stop
 the remaining requests at once instead of retrying each of them.
+
+Replies: with `judge.structured_output` (the default) Gemini is asked for JSON, `{"score": <integer 0-100>}`
+(`response_schema`); `tasks.judge.replies.parse_score` reads that, or a text reply from a gateway without it. Only a
+reply that gives a score is cached: an empty or unreadable one is asked again next time.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,10 +30,20 @@ from tqdm.auto import tqdm
 
 from common.retry import Backoff, retry_after_seconds, retrying
 from tasks.judge.cache import JudgeCache, cache_key
+from tasks.judge.replies import parse_score
 from tasks.judge.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
 
+# structured output: the reply is {"score": <integer 0-100>}
+SCORE_FORMAT: dict[str, Any] = {
+    "response_mime_type": "application/json",
+    "response_schema": types.Schema(
+        type=types.Type.OBJECT,
+        properties={"score": types.Schema(type=types.Type.INTEGER, minimum=0, maximum=100)},
+        required=["score"],
+    ),
+}
 RETRYABLE_CODES = frozenset({408, 429, 500, 502, 503, 504})
 # the same request setup fails for every item: stop instead of sending the rest
 FATAL_CODES = frozenset({400, 401, 403, 404})
@@ -39,23 +52,6 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = tuple(
     for name in ("httpx2", "httpx")
     if importlib.util.find_spec(name) is not None
 )
-_NUMBER = re.compile(r"(-?)(\d+(?:\.\d+)?)(\s*/\s*(\d+))?")
-
-
-def parse_score(reply: str | None) -> int | None:
-    """The first number of the reply if it is an integer in 0..100 ("85", "Score: 85/100"); otherwise None.
-
-    A reply without such a number ("eighty", "8.5", "4/5") is a parse failure: counted and excluded, never 0.
-    """
-    if not reply:
-        return None
-    match = _NUMBER.search(reply)
-    if match is None or match.group(1) or "." in match.group(2):
-        return None
-    if match.group(4) is not None and int(match.group(4)) != 100:
-        return None
-    value = int(match.group(2))
-    return value if 0 <= value <= 100 else None
 
 
 def server_retry_delay(exc: errors.APIError) -> float | None:
@@ -143,6 +139,7 @@ class GeminiJudge:
             temperature=0.0,
             candidate_count=1,
             thinking_config=thinking,
+            **(SCORE_FORMAT if settings.structured_output else {}),
             # no tools: without this the SDK logs an "AFC is enabled" line per request
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
@@ -159,13 +156,15 @@ class GeminiJudge:
         """Score every prompt `repeats` times; `result[i][r]` is prompt i's r-th call."""
         model = self.settings.model
         units = [(i, r) for i in range(len(prompts)) for r in range(repeats)]
-        keys = {(i, r): cache_key(model, prompts[i], r) for i, r in units}
+        fmt = "json" if self.settings.structured_output else None
+        keys = {(i, r): cache_key(model, prompts[i], r, response_format=fmt) for i, r in units}
         cached = self.cache.get_many(list(keys.values())) if self.cache is not None else {}
         results: dict[tuple[int, int], JudgeReply] = {}
         for unit in units:
             reply = cached.get(keys[unit])
-            if reply is not None:
-                results[unit] = JudgeReply(parse_score(reply), reply, None, cached=True, attempts=0)
+            score = parse_score(reply)
+            if score is not None:  # a reply without a score (an older cache kept those) is asked again
+                results[unit] = JudgeReply(score, reply, None, cached=True, attempts=0)
         todo = [unit for unit in units if unit not in results]
         log.info(
             "judge %s: %d calls (%d items x %d), %d from the cache, %d to send with %d in flight",
@@ -221,15 +220,18 @@ class GeminiJudge:
             message = _describe(exc)
             self._give_up(f"unreachable after {tries} attempts ({message})")
             return JudgeReply(None, None, f"gave up after {retry.max_attempts} attempts: {message}", False, tries)
-        if self.cache is not None:
+        score = parse_score(text)
+        if self.cache is not None and score is not None:  # never an empty or unreadable reply: ask again next time
             self.cache.put(key, self.settings.model, repeat, text)
-        return JudgeReply(parse_score(text), text, None, False, tries)
+        return JudgeReply(score, text, None, False, tries)
 
     def _api_failure(self, exc: errors.APIError) -> str:
         """The item's error for an API error the retries ended on; stops every call when no other could succeed."""
         retry = self.settings.retry
         message = _describe(exc)
         if exc.code not in RETRYABLE_CODES:
+            if exc.code == 400 and self.settings.structured_output:
+                message += "; a gateway without structured output needs judge.structured_output=false"
             if exc.code in FATAL_CODES:
                 self._give_up(message)
             return message

@@ -124,7 +124,9 @@ def score_generations(
     if reason is not None:
         if objective_needs_judge:
             raise JudgeUnavailableError(f"objective=judge needs the LLM judge, but {reason}")
-        log.warning("LLM judge %s; the run keeps perplexity, ROUGE-L and exact match", status)
+        # judge.enabled=false is a choice, not a problem: one info line
+        say = log.info if not settings.enabled else log.warning
+        say("LLM judge %s; the run keeps perplexity, ROUGE-L and exact match", status)
     log.info(
         "judge summary: %s (files: %s, %s in %s)",
         ", ".join(f"{k}={fmt(v)}" for k, v in summary.items() if k != "judge_prompt_sha256"),
@@ -243,6 +245,7 @@ def _write_summary(path: Path, summary: Mapping[str, Any], settings: JudgeSettin
             "concurrency": settings.concurrency,
             "temperature": 0.0,
             "thinking_level": settings.thinking_level,
+            "structured_output": settings.structured_output,
             "generation": vars(settings.generation),
         },
     }

@@ -67,6 +67,7 @@ class JudgeSettings:
     requests_per_minute: float | None
     timeout_s: float
     thinking_level: str | None
+    structured_output: bool
     cache: bool
     cache_dir: Path
     retry: RetrySettings
@@ -96,6 +97,7 @@ class JudgeSettings:
             requests_per_minute=_opt_float(raw.get("requests_per_minute")),
             timeout_s=float(raw["timeout_s"]),
             thinking_level=raw.get("thinking_level") or None,
+            structured_output=bool(raw.get("structured_output", True)),
             cache=bool(raw["cache"]),
             cache_dir=_cache_dir(raw.get("cache_dir")),
             retry=RetrySettings(
@@ -130,7 +132,8 @@ def judge_config_problems(judge_cfg: DictConfig | Mapping[str, Any]) -> list[str
     problems: list[str] = []
     allowed = {
         "enabled", "model", "base_url", "api_version", "prompt_template", "repeats", "concurrency",
-        "requests_per_minute", "timeout_s", "thinking_level", "cache", "cache_dir", "retry", "generation",
+        "requests_per_minute", "timeout_s", "thinking_level", "structured_output", "cache", "cache_dir", "retry",
+        "generation",
     }  # fmt: skip
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -139,6 +142,7 @@ def judge_config_problems(judge_cfg: DictConfig | Mapping[str, Any]) -> list[str
         problems.append("the judge key is read from GOOGLE_API_KEY or GEMINI_API_KEY only; remove judge.api_key")
     _check_bool(problems, "judge.enabled", raw.get("enabled"))
     _check_bool(problems, "judge.cache", raw.get("cache"))
+    _check_bool(problems, "judge.structured_output", raw.get("structured_output", True))
     if not isinstance(raw.get("model"), str) or not raw["model"].strip():
         problems.append(f"judge.model must be a Gemini model id, but got judge.model={raw.get('model')!r}")
     for name in ("base_url", "api_version"):

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from tasks.batching import iterate_batches
+from tasks.sampling import fixed_sample
 from tasks.train.errors import NonFiniteLossError
 from tasks.train.handle import current_trial
 from tasks.train.objective import better
@@ -144,13 +145,16 @@ def evaluate(
     batch_size: int,
     max_batches: int | None = None,
 ) -> dict[str, float]:
-    """The task's metrics on `split` in eval mode (dropout off), then back to train mode."""
+    """The task's metrics on `split` in eval mode (dropout off), then back to train mode.
+
+    `max_batches` caps the rows at `max_batches * batch_size`: a fixed sample of the split (`tasks.sampling`).
+    """
     was_training = model.training
     model.eval()
     try:
+        if max_batches is not None:  # a fixed sample of the whole split, not its first (shortest) batches
+            split = fixed_sample(split, max_batches * batch_size)
         batches = iterate_batches(split, batch_size, shuffle=False, bucket=1)  # sorted by length: least padding
-        if max_batches is not None:
-            batches = islice(batches, max_batches)
         device_batches = (_to_device(b, runtime.device) for b in batches)
         with runtime.autocast():
             return {k: float(v) for k, v in task.evaluate(model, device_batches).items()}

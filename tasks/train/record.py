@@ -1,7 +1,7 @@
 """What a trial leaves behind: metrics.json in its run folder, the same content as the sweep trial's attributes.
 
 ARCHITECTURE.md lists metrics.json's fields. A pruned trial records what it measured before it stopped; a trial
-whose effective config matches a finished one (`tasks.settings.config_fingerprint`) records that one's result.
+whose config, data and code match a finished one (`tasks.train.reuse`) records that one's result.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from common.files import write_atomic
-from tasks.settings import config_fingerprint
 from tasks.train.costs import machine, machine_load, steady_state
 from tasks.train.loop import FitState
 from tasks.train.objective import Objective
+from tasks.train.reuse import fingerprints
 from tasks.train.runtime import PeakMemory, Runtime, code_version
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ class Recorder:
             "trainable_pct": 100.0 * trainable / total,
             "peak_memory_mb": self.memory.megabytes(),
             "peak_memory_source": self.memory.source,
+            "peak_memory_own": self.memory.own,
+            "memory_at_start_mb": self.memory.start_mb,
             "wall_time_s": time.perf_counter() - self.started,
             "train_time_s": state.train_time_s,
             "train_tokens": state.train_tokens,
@@ -122,7 +124,7 @@ class Recorder:
             "seed": self.cfg.trainer.seed,
             "run_dir": str(self.out),
             "code_version": code_version(),
-            "config_fingerprint": config_fingerprint(self.cfg),
+            **fingerprints(self.cfg, self.data_info),
             "data": dict(self.data_info),
             "train_curve": state.train_curve,
             "val_curve": state.val_curve,
@@ -131,7 +133,7 @@ class Recorder:
 
 
 def reuse(twin: Any, trial: Any, out: Path, started: float) -> dict[str, Any]:
-    """Record an equivalent finished trial's result as this trial's, without training (see `config_fingerprint`)."""
+    """Record an equivalent finished trial's result as this trial's, without training (see `tasks.train.reuse`)."""
     source = Path(str(twin.user_attrs.get("run_dir", ""))) / METRICS_FILE
     if source.is_file():
         result = json.loads(source.read_text())

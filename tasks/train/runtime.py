@@ -6,6 +6,10 @@ Kept apart from the loop so each rule is in one place and testable without train
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import hashlib
 import logging
 import os
 import random
@@ -84,20 +88,27 @@ def seed_everything(seed: int) -> None:
 
 
 class PeakMemory:
-    """Peak memory of one trial: CUDA max allocated on a GPU, else the process's peak RSS.
+    """Peak memory of one trial, its own also when earlier trials ran in the same process.
 
-    On Linux the RSS high-water mark is reset at the start (`/proc/self/clear_refs`), so trials that run one after
-    another in one process each report their own peak rather than the process's.
+    On a GPU: CUDA's max allocated bytes, reset at the trial's start (`cuda_max_allocated`). On the CPU: the RSS
+    high-water mark (`peak_rss`). That mark is the process's, and it can only be reset to the current RSS
+    (`/proc/self/clear_refs`); memory an earlier trial freed but the allocator kept (glibc under
+    `LORASWEEP_MALLOC=tuned`, or fragments under the default settings) would sit in it and be reported as this
+    trial's. So the start first hands glibc's free memory back to the system (`malloc_trim`), then resets the mark.
+    Where that cannot be done (no `/proc`, another allocator preloaded), a later trial's figure is an upper bound:
+    `own` is False and the source says `process_peak_rss`, so the report can leave it out of comparisons.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.source = "cuda_max_allocated" if device.type == "cuda" else "peak_rss"
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+            self.source, self.own = "cuda_max_allocated", True
+            self.start_mb = torch.cuda.memory_allocated(device) / 2**20
         else:
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")
+            self.own = _reset_cpu_peak()
+            self.source = "peak_rss" if self.own else "process_peak_rss"
+            self.start_mb = current_rss_mb()
 
     def megabytes(self) -> float:
         if self.device.type == "cuda":
@@ -105,36 +116,90 @@ class PeakMemory:
         return peak_rss_mb()
 
 
+_cpu_trials_started = 0  # CPU trials measured by this process so far
+
+
+def _reset_cpu_peak() -> bool:
+    """Start a CPU trial's peak: True when the mark from now on is this trial's own (see `PeakMemory`)."""
+    global _cpu_trials_started
+    first = _cpu_trials_started == 0
+    _cpu_trials_started += 1
+    returned = release_free_memory()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    except OSError:
+        return first  # ru_maxrss: the process's peak since it started
+    return first or returned
+
+
+def release_free_memory() -> bool:
+    """Give the memory glibc keeps for reuse back to the system (`malloc_trim(0)`, all arenas); True when done.
+
+    False outside glibc or with another allocator preloaded (tcmalloc, jemalloc keep their own pools).
+    """
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)  # 1 when memory was released, 0 when there was none to release: both leave nothing kept
+    return True
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident set now in MiB (VmRSS), or None where /proc is missing."""
+    return _proc_status_mb("VmRSS")
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set in MiB: VmHWM on Linux (resettable), else ru_maxrss."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     # ru_maxrss is KiB on Linux, bytes on macOS
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
 
 
+def _proc_status_mb(field: str) -> float | None:
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+@functools.cache
 def code_version() -> str:
-    """The git commit of the project (with `-dirty` when there are local changes), else the package version."""
+    """The code this process runs: the git commit, with `-dirty.<hash of the diff>` when tracked files were changed
+    (so two different local edits are two versions), else the installed package version.
+
+    Read once per process: the modules it loaded are what its trials run, whatever the files say later.
+    """
     root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        if commit:
-            return commit
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit = _git(root, "describe", "--always", "--dirty", "--abbrev=12")
+    if commit:
+        if commit.endswith("-dirty"):
+            diff = _git(root, "diff", "HEAD", "--no-ext-diff", "--binary", strip=False) or ""
+            commit += "." + hashlib.sha256(diff.encode()).hexdigest()[:8]
+        return commit
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("lorasweep")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _git(root: Path, *args: str, strip: bool = True) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip() if strip else out

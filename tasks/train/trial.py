@@ -20,16 +20,17 @@ import torch
 from omegaconf import DictConfig
 
 from tasks import Task, TaskData, get_task
-from tasks.settings import check_config, config_fingerprint
+from tasks.settings import check_config
 from tasks.train.build import build_model, model_preset
 from tasks.train.costs import machine_load
-from tasks.train.errors import TrialOutOfMemoryError
+from tasks.train.errors import out_of_memory_names_settings
 from tasks.train.handle import current_trial
 from tasks.train.loop import FitState, eval_batch_size, evaluate, fit, restore_best
 from tasks.train.objective import Objective
 from tasks.train.optim import build_optimizer
 from tasks.train.record import Recorder, log_done, resolved_config, reuse
 from tasks.train.reference import judged, references
+from tasks.train.reuse import find_twin
 from tasks.train.runtime import PeakMemory, Runtime, resolve_runtime, seed_everything
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,17 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.trainer.seed)
     trial = current_trial()
-    twin = trial.find_complete("config_fingerprint", config_fingerprint(cfg)) if trial is not None else None
+    task, data, memory = _load(cfg, objective, runtime, preset.n_positions)
+    twin = find_twin(trial, cfg, data.info)  # after the load: the data is part of the fingerprint
     if twin is not None:
         return reuse(twin, trial, out, started)
 
-    setup = _setup(cfg, objective, runtime, preset.n_positions)
+    setup = _setup(cfg, task, data, memory, objective, runtime)
     info = getattr(setup.data, "info", {})
     recorder = Recorder(cfg, runtime, out, started, setup.memory, setup.params, info, trial, load_start)
     state = _fit(cfg, setup, runtime, objective, recorder)
-    metrics = _evaluate(cfg, setup, state, runtime, objective, out)
+    with out_of_memory_names_settings(cfg, runtime.device, runtime.precision, "evaluating and generating"):
+        metrics = _evaluate(cfg, setup, state, runtime, objective, out)
     metrics.update(references(setup.data, state))
     metrics.update(judged(metrics, setup.data, setup.watch))
     if cfg.trainer.save_checkpoint:
@@ -92,20 +95,29 @@ def _run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
     return path
 
 
-def _setup(cfg: DictConfig, objective: Objective, runtime: Runtime, n_positions: int) -> Setup:
-    """The task's data, the model and its optimizer; a judge objective without a key fails first, before any of it."""
-    from model import count_parameters
-
+def _load(
+    cfg: DictConfig, objective: Objective, runtime: Runtime, n_positions: int
+) -> tuple[Task, TaskData, PeakMemory]:
+    """The task and its tokenized splits; a judge objective without a key fails first, before any of it."""
     task = get_task(cfg.task)
     if task.kind == "lm":
         from tasks.judge import judge_preflight
 
         judge_preflight(cfg.judge, objective_needs_judge=objective.needs_judge)
+    memory = PeakMemory(runtime.device)
+    data = task.load(cfg.task, n_positions=n_positions, cache_dir=cfg.paths.cache_dir)
+    return task, data, memory
+
+
+def _setup(
+    cfg: DictConfig, task: Task, data: TaskData, memory: PeakMemory, objective: Objective, runtime: Runtime
+) -> Setup:
+    """The validation prompts, the model and its optimizer, on top of the loaded data."""
+    from model import count_parameters
+
     # the validation metric behind early stopping and pruning: the objective when it is measured on the
     # validation split, else the task's own (e.g. perplexity when the objective is the end-of-trial judge)
     watch = objective if objective.on_validation else Objective.from_config(cfg.task.objective)
-    memory = PeakMemory(runtime.device)
-    data = task.load(cfg.task, n_positions=n_positions, cache_dir=cfg.paths.cache_dir)
     val_prompts = _validation_prompts(task, data, objective)
     model = build_model(cfg, task.num_classes, runtime)
     params = count_parameters(model)
@@ -143,21 +155,15 @@ def _fit(cfg: DictConfig, setup: Setup, runtime: Runtime, objective: Objective, 
 
     state = FitState()
     try:
-        return fit(
-            setup.model, setup.task, setup.data, setup.optimizer, runtime, cfg, state=state,
-            eval_key=setup.watch.keys[0], eval_direction=setup.watch.directions[0],
-            report=objective.on_validation and not objective.is_multi,
-        )  # fmt: skip
+        with out_of_memory_names_settings(cfg, runtime.device, runtime.precision, "training"):
+            return fit(
+                setup.model, setup.task, setup.data, setup.optimizer, runtime, cfg, state=state,
+                eval_key=setup.watch.keys[0], eval_direction=setup.watch.directions[0],
+                report=objective.on_validation and not objective.is_multi,
+            )  # fmt: skip
     except optuna.TrialPruned:
         recorder.pruned(state, references(setup.data, state))
         raise
-    except torch.OutOfMemoryError as exc:
-        raise TrialOutOfMemoryError(
-            f"out of memory on {runtime.device} with model={cfg.model.name} finetune={cfg.finetune.mode} "
-            f"trainer.batch_size={cfg.trainer.batch_size} task.max_length={cfg.task.get('max_length')} "
-            f"precision={runtime.precision} grad_checkpointing={cfg.trainer.grad_checkpointing}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from exc
 
 
 def _evaluate(
