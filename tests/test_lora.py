@@ -123,7 +123,15 @@ def test_only_adapters_and_the_head_train() -> None:
     }
     assert trainable == adapters | {"score.weight"}
     assert set(adapter_state_dict(gpt)) == adapters
-    assert gpt.lora_config == {"rank": 2, "alpha": 4.0, "dropout": 0.0, "rslora": False, "targets": ["fc", "qkv"]}
+    assert gpt.lora_config == {
+        "rank": 2,
+        "alpha": 4.0,
+        "dropout": 0.0,
+        "rslora": False,
+        "targets": ["fc", "qkv"],
+        "variant": "lora",
+        "init": "default",
+    }
     # the wrapper holds the model's own base tensor, not a copy
     assert isinstance(gpt.transformer.h[0].mlp.c_fc, LoRALinear)
     assert gpt.transformer.h[0].mlp.c_fc.weight is base_fc
