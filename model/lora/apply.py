@@ -245,7 +245,7 @@ def unmerge_lora(gpt: GPT) -> GPT:
         plain = gpt.get_submodule(name)
         module.weight, module.bias = plain.weight, plain.bias  # the tensors in the model now (moved or cast since)
         for _, adapter, _ in module.adapters():
-            adapter.to(device=plain.weight.device)
+            adapter.to(plain.weight.device, plain.weight.dtype)
         module.unmerge()
         _set_module(gpt, name, module)
     gpt.lora_config, gpt.lora_merged = stash.config, None
