@@ -120,7 +120,14 @@ def _adapter_names(gpt: GPT, settings: LoRASettings) -> list[str]:
     return names
 
 
-def _check_pissa_start(gpt: GPT, settings: LoRASettings, start: Mapping[str, torch.Tensor]) -> None:
+def _check_model(gpt: GPT, settings: LoRASettings, start: Mapping[str, torch.Tensor] | None) -> None:
+    """What `settings` cannot check alone: the rank against the model's widths, adapters already there, PiSSA's
+    saved start."""
+    settings.check_width(gpt.config.n_embd)
+    if lora_modules(gpt) or gpt.lora_merged is not None:
+        raise ValueError("apply_lora must run once per model, but got a model that already has LoRA adapters")
+    if start is None:
+        return
     if settings.init != "pissa":
         raise ValueError(f"`pissa_start` needs init='pissa', but got init={settings.init!r}")
     missing = [n for n in _adapter_names(gpt, settings) if f"{n}.pissa_a0" not in start or f"{n}.pissa_b0" not in start]
@@ -128,6 +135,14 @@ def _check_pissa_start(gpt: GPT, settings: LoRASettings, start: Mapping[str, tor
         raise ValueError(
             f"`pissa_start` must hold pissa_a0 and pissa_b0 of every adapter, but got none for {', '.join(missing[:3])}"
             + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        )
+
+
+def _warn_if_random(gpt: GPT, pretrained: bool | None) -> None:
+    if not (gpt.source is not None if pretrained is None else pretrained):
+        logger.warning(
+            "LoRA init=pissa on a randomly initialised base (pretrained=false): its singular vectors carry no "
+            "learned structure, so the PiSSA start is arbitrary"
         )
 
 
@@ -173,16 +188,9 @@ def apply_lora(
             rank above a target's width, or adapters already applied; nothing is changed before it.
     """
     settings = LoRASettings(rank, alpha, dropout, targets, rslora, variant, init)  # type: ignore[arg-type]
-    settings.check_width(gpt.config.n_embd)
-    if lora_modules(gpt) or gpt.lora_merged is not None:
-        raise ValueError("apply_lora must run once per model, but got a model that already has LoRA adapters")
-    if pissa_start is not None:
-        _check_pissa_start(gpt, settings, pissa_start)
-    if init == "pissa" and pissa_start is None and not (gpt.source is not None if pretrained is None else pretrained):
-        logger.warning(
-            "LoRA init=pissa on a randomly initialised base (pretrained=false): its singular vectors carry no "
-            "learned structure, so the PiSSA start is arbitrary"
-        )
+    _check_model(gpt, settings, pissa_start)
+    if init == "pissa" and pissa_start is None:
+        _warn_if_random(gpt, pretrained)
     gpt.requires_grad_(False)
     for block in gpt.transformer.h[gpt.frozen_blocks :]:
         _wrap_block(block, settings)
@@ -192,12 +200,8 @@ def apply_lora(
     gpt.lora_config = settings.to_dict()
     trainable, total = count_parameters(gpt)
     logger.info(
-        "LoRA r=%d alpha=%g %s init=%s on %s: %s trainable of %s parameters (%.3f%%)",
-        rank,
-        alpha,
-        settings.variant,
-        settings.init,
-        ",".join(settings.targets),
+        "LoRA %s: %s trainable of %s parameters (%.3f%%)",
+        " ".join(f"{k}={v}" for k, v in gpt.lora_config.items()),
         f"{trainable:,}",
         f"{total:,}",
         100 * trainable / max(total, 1),
