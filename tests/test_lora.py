@@ -12,7 +12,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from model import GPT, GPTConfig, LoRALinear, apply_lora, count_parameters, from_pretrained, generate, merge_lora
-from model.lora import TARGETS, adapter_state_dict, lora_modules
+from model.lora import TARGETS, adapter_state_dict, lora_adapters, lora_modules
 
 
 def _peft(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...], rslora: bool = False) -> nn.Module:
@@ -114,17 +114,19 @@ def test_only_adapters_and_the_head_train() -> None:
     assert gpt.transformer.h[0].mlp.c_fc.weight is base_fc
 
 
-def test_lora_trains_and_generates_under_bf16_autocast() -> None:
+@pytest.mark.parametrize("kwargs", [{}, {"targets": ["q", "v", "fc"], "variant": "dora"}], ids=["lora", "qv-dora"])
+def test_lora_trains_and_generates_under_bf16_autocast(kwargs: dict) -> None:
     torch.manual_seed(0)
-    gpt = apply_lora(GPT(GPTConfig.from_preset("tiny", vocab_size=256)), 4, 8)
+    gpt = apply_lora(GPT(GPTConfig.from_preset("tiny", vocab_size=256)), 4, 8, **kwargs)
     ids = random_ids(2, 8, vocab=256)
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
     with torch.autocast("cpu", dtype=torch.bfloat16):
         gpt.lm_loss(ids, ids).backward()
         out = generate(gpt, ids, 4, attention_mask=mask)
-    assert all(torch.isfinite(m.lora_b.weight.grad).all() for m in lora_modules(gpt).values())
-    assert any(m.lora_b.weight.grad.abs().sum() > 0 for m in lora_modules(gpt).values())
+    grads = [p.grad for p in gpt.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(m.lora_b.weight.grad.abs().sum() > 0 for m in lora_adapters(gpt).values())
     assert out.shape == (2, 12)
 
 
