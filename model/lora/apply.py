@@ -79,7 +79,7 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _wrap_block(block: nn.Module, settings: LoRASettings) -> None:
-    """Replace the block's target linears by adapted ones (uninitialised beyond PEFT's default)."""
+    """Replace the block's target linears by adapted ones, at PEFT's default start."""
     kwargs = {
         "rank": settings.rank,
         "alpha": settings.alpha,
@@ -97,15 +97,16 @@ def _wrap_block(block: nn.Module, settings: LoRASettings) -> None:
         _set_module(block, path, LoRAQKVLinear.from_linear(block.get_submodule(path), slices, **kwargs))
 
 
-def _initialise(gpt: GPT, init: LoRAInit, start: Mapping[str, torch.Tensor] | None) -> None:
-    """PiSSA (from an SVD, or from saved starting factors), then DoRA's magnitudes, adapter by adapter."""
+def _initialise_pissa(gpt: GPT, start: Mapping[str, torch.Tensor] | None) -> None:
+    """PiSSA for every adapter (from an SVD, or from saved starting factors), then DoRA's magnitudes again from the
+    new W and ΔW, as PEFT does."""
     for name, module in lora_modules(gpt).items():
         for sub, adapter, rows in module.adapters():
             weight = module.weight[rows]
-            if init == "pissa" and start is not None:
+            if start is not None:
                 key = f"{name}.{sub}" if sub else name
                 restore_pissa(adapter, weight, start[f"{key}.pissa_a0"], start[f"{key}.pissa_b0"])
-            elif init == "pissa":
+            else:
                 init_pissa(adapter, weight)
             adapter.init_magnitude(weight)
 
@@ -194,7 +195,8 @@ def apply_lora(
     gpt.requires_grad_(False)
     for block in gpt.transformer.h[gpt.frozen_blocks :]:
         _wrap_block(block, settings)
-    _initialise(gpt, settings.init, pissa_start)
+    if settings.init == "pissa":
+        _initialise_pissa(gpt, pissa_start)
     if gpt.score is not None:
         gpt.score.requires_grad_(True)
     gpt.lora_config = settings.to_dict()

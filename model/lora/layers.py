@@ -73,11 +73,12 @@ class AdaptedLinear:
         return linear
 
     def _take_base(self, linear: nn.Linear) -> None:
-        """Hold `linear`'s weight and bias (frozen), and give the adapters real memory beside them."""
+        """Hold `linear`'s weight and bias (frozen); give the adapters real memory beside them and their start."""
         self.weight = linear.weight.requires_grad_(False)
         self.bias = linear.bias.requires_grad_(False) if linear.bias is not None else None
-        for _, adapter, _ in self.adapters():
+        for _, adapter, rows in self.adapters():
             adapter.materialize(linear.weight.device)
+            adapter.init_magnitude(self.weight[rows])  # DoRA: m = the row norms, so the layer starts at the base
 
 
 class LoRALinear(AdaptedLinear, LoRAAdapter):
