@@ -41,11 +41,15 @@ class AdaptedLinear:
         """The weight with every adapter folded in, as a new tensor (the module is unchanged)."""
         if self.merged:
             return self.weight.detach()
+        weight = self.weight.detach()
+        blocks, done = [], 0
         with torch.no_grad():
-            weight = self.weight.detach().clone()
-            for _, adapter, rows in self.adapters():
-                weight[rows] = adapter.fold(weight[rows])
-        return weight
+            for _, adapter, rows in sorted(self.adapters(), key=lambda part: part[2].start):
+                blocks += [weight[done : rows.start], adapter.fold(weight[rows])]
+                done = rows.stop
+            blocks.append(weight[done:])
+            blocks = [b for b in blocks if b.shape[0]]
+            return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
     @torch.no_grad()
     def merge(self) -> None:
