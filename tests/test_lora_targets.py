@@ -11,7 +11,7 @@ from model_refs import TINY, hf_gpt2, peft_lora, peft_params, random_ids, save_h
 from transformers import GPT2LMHeadModel
 
 from model import GPT, GPTConfig, LoRALinear, LoRAQKVLinear, apply_lora, count_parameters, from_pretrained
-from model.lora import QKV_SLICES, lora_adapters, lora_modules
+from model.lora import QKV_SLICES, LoRASettings, lora_adapters, lora_modules
 
 RANK, ALPHA, C = 4, 8, TINY["n_embd"]
 
@@ -162,3 +162,14 @@ def test_bad_settings_are_refused_in_one_line_before_anything_changes(kwargs: di
     assert "\n" not in str(info.value)
     assert not lora_modules(gpt) and gpt.lora_config is None
     assert all(p.requires_grad and torch.equal(p, before[n]) for n, p in gpt.named_parameters())
+
+
+def test_settings_check_a_config_without_a_model() -> None:
+    """What the trainer can run on a config before it reads data or weights."""
+    settings = LoRASettings(rank=8, alpha=16, targets=["v", "q", "v"], variant="dora", init="pissa")
+    assert settings.targets == ("v", "q") and settings.to_dict()["targets"] == ["v", "q"]
+    settings.check_width(768)
+    with pytest.raises(ValueError, match=r"rank=8 > 4 for target v \(4 -> 4\)"):
+        settings.check_width(4)
+    with pytest.raises(ValueError, match="init` must be one of default, pissa"):
+        LoRASettings(rank=8, alpha=16, init="loftq")
