@@ -37,9 +37,9 @@ def _load(side: str, folder: str) -> Any:
     import torch
 
     if side == "ours":
-        from model import GPT
+        from model import from_pretrained
 
-        return GPT.from_pretrained(folder).eval()
+        return from_pretrained(folder).eval()
     C.quiet_peer()
     from transformers import GPT2LMHeadModel
 
@@ -50,7 +50,9 @@ def _generate(side: str, model: Any, ids: Any, mask: Any, new_tokens: int, eos: 
     import torch
 
     if side == "ours":
-        return model.generate(ids, new_tokens, eos_token_id=eos, attention_mask=mask, pad_token_id=50256)
+        from model import generate
+
+        return generate(model, ids, new_tokens, eos_token_id=eos, attention_mask=mask, pad_token_id=50256)
     with torch.inference_mode():
         return model.generate(
             input_ids=ids,

@@ -35,14 +35,14 @@ from typing import Any
 
 import _common as C
 
-from model.allocator import GLIBC_ENV
+from common.allocator import GLIBC_ENV
 
 LORA_RANK, LORA_ALPHA = 8, 16
 SAME_LOSS_ATOL = 1e-4  # fp32 on the same weights: the two implementations round differently, by ~1e-6
 MALLOC_MODES: dict[str, dict[str, dict[str, str]]] = {
     "default": {"ours": {}, "peer": {}},
     "tuned-ours": {"ours": {"LORASWEEP_MALLOC": "tuned"}, "peer": {}},
-    "tuned-both": {"ours": GLIBC_ENV, "peer": GLIBC_ENV},  # model/allocator.py's settings, set at start-up
+    "tuned-both": {"ours": GLIBC_ENV, "peer": GLIBC_ENV},  # common/allocator.py's settings, set at start-up
 }
 
 
@@ -65,15 +65,15 @@ def _ours(spec: dict[str, Any]) -> Any:
     """A closure running one of our optimizer steps on a batch, as a trial does."""
     import torch
 
-    from model import GPT, apply_lora
-    from model.allocator import maybe_tune_malloc
+    from common.allocator import maybe_tune_malloc
+    from model import apply_lora, from_pretrained
     from tasks.alpaca import Alpaca
     from tasks.train.loop import train_step
     from tasks.train.optim import build_optimizer
     from tasks.train.runtime import Runtime
 
     maybe_tune_malloc()  # as tasks.train.build.build_model: only with LORASWEEP_MALLOC=tuned
-    model = GPT.from_pretrained(spec["weights"])
+    model = from_pretrained(spec["weights"])
     if spec["mode"] == "lora":
         apply_lora(model, rank=LORA_RANK, alpha=LORA_ALPHA, dropout=0.0)
     model.train()

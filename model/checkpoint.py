@@ -3,7 +3,9 @@ export in Hugging Face's GPT-2 format.
 
 A trainable checkpoint is a folder with `trainable.safetensors` (tensors by their model names) and `trainable.json`
 (model shape, base weights' source, LoRA settings, frozen blocks, the caller's config). Rebuild the base model
-(`GPT.from_pretrained` or `GPT(config)`) and `load_trainable` re-applies the same freezing and LoRA before copying.
+(`from_pretrained` or `GPT(config)`) and `load_trainable` re-applies the same freezing and LoRA before copying.
+A PiSSA model's base weights are residuals: its checkpoint also holds each adapter's starting factors
+(`pissa_a0`, `pissa_b0`), from which `load_trainable` rebuilds the residual base exactly, without an SVD.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from model.freeze import freeze_blocks
 from model.gpt2 import CONV1D_WEIGHTS
-from model.lora import apply_lora, lora_modules
+from model.lora import adapter_state_dict, apply_lora, lora_modules, pissa_state_dict
 
 if TYPE_CHECKING:
     from model.gpt2 import GPT
@@ -41,6 +43,7 @@ def save_trainable(gpt: GPT, path: str | Path, config: Mapping[str, Any] | None 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {n: p.detach().contiguous().cpu() for n, p in gpt.named_parameters() if p.requires_grad}
+    tensors.update({n: t.contiguous().cpu() for n, t in pissa_state_dict(gpt).items()})
     if not tensors:
         raise ValueError("save_trainable needs a model with trainable tensors, but got one with none")
     meta = {
@@ -70,9 +73,14 @@ def _check_same_model(gpt: GPT, meta: Mapping[str, Any], folder: Path) -> None:
             )
 
 
+# what a checkpoint written before a setting existed means by it
+_LORA_DEFAULTS = {"variant": "lora", "init": "default"}
+
+
 def _check_same_lora(gpt: GPT, saved: Mapping[str, Any], folder: Path) -> None:
     ours = gpt.lora_config or {}
-    for name in ("rank", "alpha", "rslora", "targets"):
+    saved = {**_LORA_DEFAULTS, **saved}
+    for name in ("rank", "alpha", "rslora", "targets", "variant", "init"):
         if name in saved and ours.get(name) != saved[name]:
             raise ValueError(
                 f"checkpoint {folder} has LoRA {name}={saved[name]!r}, "
@@ -80,17 +88,7 @@ def _check_same_lora(gpt: GPT, saved: Mapping[str, Any], folder: Path) -> None:
             )
 
 
-def load_trainable(gpt: GPT, path: str | Path) -> dict[str, Any] | None:
-    """Copy a `save_trainable` folder into `gpt` (a base model, or one already set up the same way).
-
-    Freezing and LoRA recorded in the checkpoint are applied first when the model lacks them. Returns the `config`
-    saved with it.
-
-    Raises:
-        FileNotFoundError: the folder lacks trainable.safetensors or trainable.json.
-        ValueError: a different model shape or LoRA setting, or missing, unexpected or mis-shaped tensors.
-    """
-    folder = Path(path)
+def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     files = [folder / TENSORS_NAME, folder / META_NAME]
     if not all(f.is_file() for f in files):
         raise FileNotFoundError(
@@ -99,23 +97,41 @@ def load_trainable(gpt: GPT, path: str | Path) -> dict[str, Any] | None:
     meta = json.loads(files[1].read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{files[1]} must have format={FORMAT!r}, but got format={meta.get('format')!r}")
-    _check_same_model(gpt, meta, folder)
+    return meta, load_file(files[0])
+
+
+def _set_up_like(gpt: GPT, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], folder: Path) -> None:
+    """Freeze and apply LoRA as recorded, when the model lacks them; PiSSA from the saved starting factors."""
     k = int(meta.get("frozen_blocks") or 0)
     if k > gpt.frozen_blocks:
         freeze_blocks(gpt, k)
-    if meta.get("lora"):
-        if not lora_modules(gpt):
-            lora = meta["lora"]
-            apply_lora(gpt, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"], lora["rslora"])
-        _check_same_lora(gpt, meta["lora"], folder)
-    tensors = load_file(files[0])
-    params = {n: p for n, p in gpt.named_parameters() if p.requires_grad}
-    missing = sorted(set(params) - set(tensors))
-    unexpected = sorted(set(tensors) - set(params))
+    lora = meta.get("lora")
+    if not lora:
+        return
+    if not lora_modules(gpt):
+        lora = {**_LORA_DEFAULTS, **lora}
+        start = {n: t for n, t in tensors.items() if n.endswith((".pissa_a0", ".pissa_b0"))}
+        apply_lora(
+            gpt,
+            lora["rank"],
+            lora["alpha"],
+            lora["dropout"],
+            lora["targets"],
+            lora["rslora"],
+            variant=lora["variant"],
+            init=lora["init"],
+            pissa_start=start if lora["init"] == "pissa" else None,
+        )
+    _check_same_lora(gpt, meta["lora"], folder)
+
+
+def _check_tensors(expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
     misshaped = [
-        f"{n}: got {tuple(tensors[n].shape)}, expected {tuple(params[n].shape)}"
-        for n in sorted(set(params) & set(tensors))
-        if tensors[n].shape != params[n].shape
+        f"{n}: got {tuple(tensors[n].shape)}, expected {tuple(expected[n].shape)}"
+        for n in sorted(set(expected) & set(tensors))
+        if tensors[n].shape != expected[n].shape
     ]
     if missing or unexpected or misshaped:
         parts = [
@@ -123,7 +139,33 @@ def load_trainable(gpt: GPT, path: str | Path) -> dict[str, Any] | None:
             for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
             if items
         ]
-        raise ValueError(f"checkpoint {files[0]} does not fit the model's trainable tensors: {'; '.join(parts)}")
+        raise ValueError(f"checkpoint {path} does not fit the model's trainable tensors: {'; '.join(parts)}")
+
+
+def load_trainable(gpt: GPT, path: str | Path) -> dict[str, Any] | None:
+    """Copy a `save_trainable` folder into `gpt` (a base model, or one already set up the same way).
+
+    Freezing and LoRA recorded in the checkpoint are applied first when the model lacks them (a PiSSA model's
+    residual base from the saved starting factors). Returns the `config` saved with it.
+
+    Raises:
+        FileNotFoundError: the folder lacks trainable.safetensors or trainable.json.
+        ValueError: a different model shape or LoRA setting, a PiSSA start that differs from the model's own, or
+            missing, unexpected or mis-shaped tensors.
+    """
+    folder = Path(path)
+    meta, tensors = _read(folder)
+    _check_same_model(gpt, meta, folder)
+    _set_up_like(gpt, meta, tensors, folder)
+    params = {n: p for n, p in gpt.named_parameters() if p.requires_grad}
+    start = pissa_state_dict(gpt)
+    _check_tensors({**params, **start}, tensors, folder / TENSORS_NAME)
+    for name, t in start.items():
+        if not torch.allclose(t, tensors[name].to(t), rtol=1e-5, atol=1e-6):
+            raise ValueError(
+                f"checkpoint {folder} was trained from another PiSSA start ({name} differs): load it into the base "
+                "model alone, without apply_lora, so the saved start is used"
+            )
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name])
@@ -133,17 +175,14 @@ def load_trainable(gpt: GPT, path: str | Path) -> dict[str, Any] | None:
 
 def merged_state_dict(gpt: GPT) -> dict[str, torch.Tensor]:
     """Our parameters with every LoRA update folded in (the model itself is left as it is); adapters dropped."""
-    adapters = lora_modules(gpt)
+    adapted = {f"{name}.weight": m for name, m in lora_modules(gpt).items()}
+    adapter_names = set(adapter_state_dict(gpt))
     state = {}
     with torch.no_grad():
         for name, p in gpt.named_parameters():
-            module_name, _, leaf = name.rpartition(".")
-            if module_name.endswith((".lora_a", ".lora_b")):
+            if name in adapter_names:
                 continue
-            module = adapters.get(module_name)
-            if module is not None and leaf == "weight" and not module.merged:
-                p = p + module.delta_weight().to(p.dtype)
-            state[name] = p.detach()
+            state[name] = adapted[name].merged_weight() if name in adapted else p.detach()
     return state
 
 

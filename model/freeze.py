@@ -1,12 +1,11 @@
-"""Block freezing (the original report's "transformer blocks to fine-tune vs freeze") and parameter counts."""
+"""Block freezing: the original report's "transformer blocks to fine-tune vs freeze"."""
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
 
-from torch import nn
-
+from model.gpt2 import count_parameters
 from model.lora import unwrap_lora
 
 if TYPE_CHECKING:
@@ -19,9 +18,10 @@ def freeze_blocks(gpt: GPT, k: int) -> GPT:
     """Freeze the token/position embeddings and the first `k` transformer blocks; `k=0` freezes nothing.
 
     Freezing only ever adds: nothing is unfrozen, and a smaller `k` than an earlier call changes nothing. Works
-    before or after `apply_lora`: frozen blocks hold no adapters (any there are merged into the base weights, which
-    is exact at B = 0). The LM head is tied to `wte`, so with `k >= 1` it is frozen too; a classification head, the
-    final LayerNorm and the later blocks keep their state.
+    before or after `apply_lora`: frozen blocks hold no adapters (any there are merged into the base weights: at
+    the adapters' start that gives back the base model, within float rounding for PiSSA and DoRA). The LM head is
+    tied to `wte`, so with `k >= 1` it is frozen too; a classification head, the final LayerNorm and the later
+    blocks keep their state.
 
     Raises:
         ValueError: `k` is not an integer in [0, n_layer].
@@ -48,13 +48,3 @@ def freeze_blocks(gpt: GPT, k: int) -> GPT:
         f"{total:,}",
     )
     return gpt
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; tied tensors (wte = lm_head) count once, adapters count in both."""
-    trainable = total = 0
-    for p in model.parameters():  # parameters() yields each shared tensor once
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return trainable, total

@@ -2,21 +2,20 @@
 
 nanoGPT's loop (crop → temperature → top-k → sample) plus what batched evaluation needs: the prompt runs once, then
 one token per step through a cache allocated once for the whole call; rows that emit `eos_token_id` or end with a
-stop sequence leave the batch (their cache rows are dropped), and the call returns when every row is done.
+stop sequence leave the batch (their cache rows are dropped), and the call returns when every row is done. On CPU
+with a few rows the decode steps run through `model.decode.decode_layout`'s weight copies.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import nullcontext
 
 import torch
 
-from model.gpt2 import _padding_mask
-
-if TYPE_CHECKING:
-    from model.gpt2 import GPT
+from model.decode import decode_layout
+from model.gpt2 import GPT, padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -94,83 +93,85 @@ def sample_next(
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def _last_logits(gpt: GPT, x: torch.Tensor, head_t: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, V) logits at the last position only; through `head_t` (C, V) when given."""
-    h = gpt.transformer.ln_f(x[:, -1])
-    return h @ head_t if head_t is not None else gpt.lm_head(h)
+def _last_logits(gpt: GPT, x: torch.Tensor) -> torch.Tensor:
+    """(B, V) logits at the last position only."""
+    return gpt.lm_head(gpt.transformer.ln_f(x[:, -1]))
 
 
-class _DecodeLinear:
-    """y = x W^T + b through a stored (in, out) copy of W: for the few-row products of decoding on CPU."""
+class _Rows:
+    """The rows of one `generate` call: the output buffer, which rows still run, and the KV cache when used."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.weight_t = weight.detach().t().contiguous()  # (in, out)
-        self.bias = None if bias is None else bias.detach()
+    def __init__(
+        self, gpt: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, total: int, pad: int
+    ) -> None:
+        B, T = input_ids.shape
+        device = input_ids.device
+        self.gpt, self.T = gpt, T
+        self.out = torch.full((B, total), pad, dtype=torch.long, device=device)
+        self.out[:, :T] = input_ids
+        self.padded = attention_mask is not None and not bool(attention_mask.all())
+        self.keys = torch.ones(B, total, dtype=torch.bool, device=device)  # which positions hold real tokens
+        if self.padded:
+            self.keys[:, :T] = attention_mask.bool()
+        self.active = torch.arange(B, device=device)  # rows of `out` still generating
+        self.cache: torch.Tensor | None = None
+        self.next_pos: torch.Tensor | None = None  # (B,) the position of each row's next token (with the cache)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        y = flat @ self.weight_t if self.bias is None else torch.addmm(self.bias, flat, self.weight_t)
-        return y.view(*x.shape[:-1], y.shape[-1])
+    def prefill(self, use_cache: bool) -> torch.Tensor:
+        """The prompt through the model; with `use_cache`, its keys and values into a cache for the whole call."""
+        gpt, cfg = self.gpt, self.gpt.config
+        ids = self.out[:, : self.T]
+        if not use_cache:
+            return gpt.hidden_states(ids, self.keys[:, : self.T].long())
+        B, total, hs = ids.shape[0], self.out.shape[1], cfg.n_embd // cfg.n_head
+        param = gpt.transformer.wte.weight
+        dtype = param.dtype
+        if torch.is_autocast_enabled(param.device.type):  # k and v come out in the autocast dtype
+            dtype = torch.get_autocast_dtype(param.device.type)
+        # allocated once: (layer, k|v, B, nh, T_max, hs)
+        self.cache = torch.empty(cfg.n_layer, 2, B, cfg.n_head, total, hs, dtype=dtype, device=param.device)
+        if self.padded:
+            mask, positions = padding_mask(self.keys[:, : self.T].long())
+            self.next_pos = self.keys[:, : self.T].long().sum(-1)
+        else:
+            mask, positions = None, torch.arange(self.T, device=ids.device)
+            self.next_pos = torch.full((B,), self.T, dtype=torch.long, device=ids.device)
+        x = gpt.transformer.wte(ids) + gpt.transformer.wpe(positions)
+        for i, block in enumerate(gpt.transformer.h):
+            x = block(x, mask, mask is None, self.cache[i], 0)
+        return x
+
+    def finish(self, done: torch.Tensor) -> None:
+        """Drop the rows marked `done` (B_active,) from the batch and the cache."""
+        keep = ~done
+        self.active = self.active[keep]
+        if self.cache is not None:
+            self.cache, self.next_pos = self.cache[:, :, keep], self.next_pos[keep]
+
+    def step(self, token: torch.Tensor, cur: int) -> torch.Tensor:
+        """Hidden states after feeding each active row's `token`, written at position `cur`."""
+        gpt = self.gpt
+        if self.cache is None:
+            return gpt.hidden_states(self.out[self.active, : cur + 1], self.keys[self.active, : cur + 1].long())
+        x = gpt.transformer.wte(token[:, None]) + gpt.transformer.wpe(self.next_pos[:, None])
+        # one query over every cached key: only padding needs a mask
+        step_mask = self.keys[self.active, None, None, : cur + 1] if self.padded else None
+        for i, block in enumerate(gpt.transformer.h):
+            x = block(x, step_mask, False, self.cache[i], cur)
+        self.next_pos += 1
+        return x
 
 
-def _decode_linears(gpt: GPT, batch: int) -> list[dict[str, Any]] | None:
-    """Per block, the linears that decode faster from an (in, out) copy (LoRA merged in); None off CPU or for
-    more than 4 rows, where the products are matrix-matrix and the module's layout does as well.
-
-    A decoding step multiplies one row per sequence by every weight: MKL streams x @ W with W stored (in, out)
-    ~1.5x faster than F.linear's (out, in) when out >= in (c_attn, attn c_proj, c_fc; measured in
-    bench/generate.py), and a merged LoRA weight skips the adapter's two extra products. mlp.c_proj (out < in) is
-    faster as it is and keeps its module. The copies live for one call: memory grows by those weights meanwhile.
-    """
-    from model.lora import TARGETS, LoRALinear
-
-    if gpt.transformer.wte.weight.device.type != "cpu" or batch > 4 or gpt.config.n_embd < 256:
-        return None  # (tiny's blocks fit in cache: their products are bound by dispatch, not memory)
-    out = []
-    for block in gpt.transformer.h:
-        fast: dict[str, Any] = {}
-        for name, path in TARGETS.items():
-            module = block.get_submodule(path)
-            if isinstance(module, LoRALinear):
-                weight = module.weight if module.merged else module.weight + module.delta_weight()
-                in_dim, out_dim = module.in_dim, module.out_dim
-            elif isinstance(module, torch.nn.Linear):
-                weight, in_dim, out_dim = module.weight, module.in_features, module.out_features
-            else:
-                fast[name] = module
-                continue
-            if out_dim >= in_dim:
-                fast[name] = _DecodeLinear(weight, module.bias)
-            elif isinstance(module, LoRALinear) and not module.merged:
-                fast[name] = _MergedLinear(weight, module.bias)
-            else:
-                fast[name] = module
-        out.append(fast)
-    return out
-
-
-class _MergedLinear:
-    """F.linear with a merged LoRA weight in the module's own (out, in) layout."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.weight = weight.detach()
-        self.bias = None if bias is None else bias.detach()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.weight, self.bias)
-
-
-def _decode_head(gpt: GPT, batch: int) -> torch.Tensor | None:
-    """A (C, V) copy of the LM head for few-row decoding on CPU, else None.
-
-    With one or a few rows the head is a matrix-vector product that reads all of its V x C weights per token; MKL
-    streams a row vector times a (C, V) matrix ~2x faster than F.linear's (V, C) layout (bench/generate.py), which
-    pays for the copy (one extra head, 154 MB for GPT-2) within a few tokens.
-    """
-    w = gpt.lm_head.weight
-    if w.device.type != "cpu" or batch > 4:
-        return None
-    return w.detach().t().contiguous()
+def _finished(
+    rows: _Rows, token: torch.Tensor, cur: int, n: int, eos_token_id: int | None, stops: list[torch.Tensor]
+) -> torch.Tensor | None:
+    """Which active rows just ended (eos, or their new tokens end with a stop sequence); None without stop rules."""
+    done = token == eos_token_id if eos_token_id is not None else None
+    for stop in stops:
+        if len(stop) <= n:
+            hit = (rows.out[rows.active, cur + 1 - len(stop) : cur + 1] == stop).all(-1)
+            done = hit if done is None else done | hit
+    return done
 
 
 @torch.inference_mode()
@@ -192,6 +193,7 @@ def generate(
     """Prompt + continuation, (B, T + n) with n <= max_new_tokens the steps actually run.
 
     Args:
+        gpt: the model (a `model.GPT`, LoRA or not); put in eval mode for the call, its mode restored after.
         input_ids: prompts (B, T); batched prompts are left-padded, with `attention_mask` marking real tokens.
         max_new_tokens: the most tokens to add to each row.
         temperature: 0 = greedy; otherwise logits / temperature, then `top_k`/`top_p` filtering and sampling.
@@ -204,76 +206,32 @@ def generate(
         generator: a `torch.Generator` for reproducible sampling.
     """
     _check_args(gpt, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, attention_mask, stop_sequences)
-    cfg = gpt.config
     B, T = input_ids.shape
-    device = input_ids.device
-    total = T + max_new_tokens
-    pad = pad_token_id if pad_token_id is not None else eos_token_id if eos_token_id is not None else cfg.vocab_size - 1
-    out = torch.full((B, total), pad, dtype=torch.long, device=device)
-    out[:, :T] = input_ids
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    keys = torch.ones(B, total, dtype=torch.bool, device=device)  # which cache positions hold real tokens
-    if padded:
-        keys[:, :T] = attention_mask.bool()
-    stops = [torch.tensor(s, dtype=torch.long, device=device) for s in stop_sequences or ()]
-    active = torch.arange(B, device=device)  # rows of `out` still generating
+    vocab = gpt.config.vocab_size
+    pad = pad_token_id if pad_token_id is not None else eos_token_id if eos_token_id is not None else vocab - 1
+    rows = _Rows(gpt, input_ids, attention_mask, T + max_new_tokens, pad)
+    stops = [torch.tensor(s, dtype=torch.long, device=input_ids.device) for s in stop_sequences or ()]
     was_training = gpt.training
     gpt.eval()
+    n = 0
     try:
-        if use_cache:
-            hs = cfg.n_embd // cfg.n_head
-            param = gpt.transformer.wte.weight
-            dtype = param.dtype
-            if torch.is_autocast_enabled(param.device.type):  # k and v come out in the autocast dtype
-                dtype = torch.get_autocast_dtype(param.device.type)
-            # allocated once: (layer, k|v, B, nh, T_max, hs)
-            cache = torch.empty(cfg.n_layer, 2, B, cfg.n_head, total, hs, dtype=dtype, device=param.device)
-            if padded:
-                mask, positions = _padding_mask(attention_mask)
-                next_pos = attention_mask.long().sum(-1)  # (B,) the position of each row's next token
-            else:
-                mask, positions = None, torch.arange(T, device=device)
-                next_pos = torch.full((B,), T, dtype=torch.long, device=device)
-            x = gpt.transformer.wte(input_ids) + gpt.transformer.wpe(positions)
-            for i, block in enumerate(gpt.transformer.h):
-                x = block(x, mask, mask is None, cache[i], 0)
-            head_t = _decode_head(gpt, B) if max_new_tokens > 1 else None
-            fast = _decode_linears(gpt, B) if max_new_tokens > 1 else None
-            logits = _last_logits(gpt, x, head_t)
-        else:
-            head_t, fast = None, None
-            logits = _last_logits(gpt, gpt.hidden_states(out[:, :T], keys[:, :T].long()))
-
-        n = 0
-        for step in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
-            cur = T + step
-            out[active, cur] = token
-            n = step + 1
-            if n == max_new_tokens:
-                break
-            done = token == eos_token_id if eos_token_id is not None else None
-            for stop in stops:
-                if len(stop) <= n:
-                    hit = (out[active, cur + 1 - len(stop) : cur + 1] == stop).all(-1)
-                    done = hit if done is None else done | hit
-            if done is not None and bool(done.any()):
-                keep = ~done
-                active, token = active[keep], token[keep]
-                if active.numel() == 0:
+        x = rows.prefill(use_cache)
+        with decode_layout(gpt, B) if use_cache and max_new_tokens > 1 else nullcontext():
+            logits = _last_logits(gpt, x)
+            for step in range(max_new_tokens):
+                token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
+                cur = T + step
+                rows.out[rows.active, cur] = token
+                n = step + 1
+                if n == max_new_tokens:
                     break
-                if use_cache:
-                    cache, next_pos = cache[:, :, keep], next_pos[keep]
-            if use_cache:
-                x = gpt.transformer.wte(token[:, None]) + gpt.transformer.wpe(next_pos[:, None])
-                # one query over every cached key: only padding needs a mask
-                step_mask = keys[active, None, None, : cur + 1] if padded else None
-                for i, block in enumerate(gpt.transformer.h):
-                    x = block(x, step_mask, False, cache[i], cur, fast[i] if fast else None)
-                next_pos += 1
-            else:
-                x = gpt.hidden_states(out[active, : cur + 1], keys[active, : cur + 1].long())
-            logits = _last_logits(gpt, x, head_t)
+                done = _finished(rows, token, cur, n, eos_token_id, stops)
+                if done is not None and bool(done.any()):
+                    rows.finish(done)
+                    token = token[~done]
+                    if rows.active.numel() == 0:
+                        break
+                logits = _last_logits(gpt, rows.step(token, cur))
     finally:
         gpt.train(was_training)
-    return out[:, : T + n]
+    return rows.out[:, : T + n]

@@ -3,32 +3,27 @@
 References: OpenAI's GPT-2 (Radford et al. 2019, github.com/openai/gpt-2), Hugging Face's `modeling_gpt2.py`, and
 karpathy/nanoGPT's `model.py`, whose layout this file follows: config → attention → MLP → block → GPT.
 Module names are Hugging Face's (`transformer.wte`, `transformer.h.{i}.attn.c_attn`, ...), so loading a checkpoint
-is a key copy plus transposes of HF's Conv1D weights (see `model.hub`).
+is a key copy plus transposes of HF's Conv1D weights (`model.hub.from_pretrained`).
 
 Speed choices: fused qkv, `scaled_dot_product_attention` with `is_causal=True` whenever no padding mask is needed
 (right padding never needs one under a causal mask), and the LM head only where it is read: at loss positions in
-`lm_loss`, at the last token in `generate`, not at all for classification.
+`lm_loss` (through `model.lm_head.TiedHeadLoss`), at the last token in generation, not at all for classification.
+This module imports nothing else from `model/` but `lm_head`: loading, generation, LoRA, freezing and checkpoints
+build on it, never the reverse.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.lm_head import TiedGrad, lm_head_nll, tied_embedding
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
-
-logger = logging.getLogger(__name__)
+from model.lm_head import TiedHeadLoss
 
 # GPT-2's sizes (params with the tied head): small 124M, medium 355M, large 774M, xl 1558M; tiny is for tests
 PRESETS: dict[str, dict[str, int]] = {
@@ -104,16 +99,15 @@ class CausalSelfAttention(nn.Module):
         is_causal: bool,
         kv_cache: torch.Tensor | None = None,
         start: int = 0,
-        fast: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> torch.Tensor:
+        """`kv_cache` (2, B, nh, T_max, hs), preallocated by generation: k, v go in at `start`, attention reads to T."""
         B, T, C = x.shape
         hs = C // self.n_head
-        c_attn, c_proj = (fast["qkv"], fast["attn_proj"]) if fast else (self.c_attn, self.c_proj)
-        q, k, v = c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        if kv_cache is not None:  # (2, B, nh, T_max, hs), preallocated by generate
+        if kv_cache is not None:
             kv_cache[0, :, :, start : start + T] = k
             kv_cache[1, :, :, start : start + T] = v
             k = kv_cache[0, :, :, : start + T]
@@ -127,7 +121,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=is_causal,
         )
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.resid_dropout(c_proj(y))
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -137,12 +131,9 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
-    def forward(
-        self, x: torch.Tensor, fast: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None
-    ) -> torch.Tensor:
-        c_fc, c_proj = (fast["fc"], fast["mlp_proj"]) if fast else (self.c_fc, self.c_proj)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2's "gelu_new" is the tanh approximation
-        return self.dropout(c_proj(F.gelu(c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -162,19 +153,17 @@ class Block(nn.Module):
         is_causal: bool,
         kv_cache: torch.Tensor | None = None,
         start: int = 0,
-        fast: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """`fast`: replacements for the four linears by LoRA target name (generate's decode-layout copies)."""
-        x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache, start, fast)
-        return x + self.mlp(self.ln_2(x), fast)
+        x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache, start)
+        return x + self.mlp(self.ln_2(x))
 
 
-def _is_right_padded(attention_mask: torch.Tensor) -> bool:
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
     """True when no row has a real token after a padding one (no padding at all counts too)."""
     return not bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any())
 
 
-def _padding_mask(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def padding_mask(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean SDPA mask (B, 1, T, T) and position ids (B, T) for any padding, left padding included.
 
     Positions count real tokens only, so a left-padded row sees the same positions as the unpadded row. Each query
@@ -193,6 +182,7 @@ class GPT(nn.Module):
 
     With `config.num_classes` set, `forward` returns class logits from `score`, a bias-free linear head (as Hugging
     Face's `GPT2ForSequenceClassification`) read at the last non-padding token, initialised N(0, 0.02).
+    Pretrained weights: `model.from_pretrained`; generation: `model.generate` (functions that use the model).
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -213,6 +203,7 @@ class GPT(nn.Module):
         self.gradient_checkpointing = False
         self.frozen_blocks = 0  # set by model.freeze_blocks; apply_lora leaves these blocks without adapters
         self.lora_config: dict[str, Any] | None = None  # set by model.lora.apply_lora
+        self.lora_merged: Any = None  # set by model.lora.merge_lora: what unmerge_lora puts back
         self.source: dict[str, Any] | None = None  # set by from_pretrained: where the base weights came from
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -231,41 +222,8 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike[str],
-        num_classes: int | None = None,
-        *,
-        revision: str | None = None,
-        dropout: float = 0.0,
-    ) -> GPT:
-        """GPT-2 weights from the hub (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, `org/name`) or a local folder.
-
-        The folder (or hub repo) holds Hugging Face's `config.json` + `model.safetensors`. The last loaded weights
-        stay in memory, so later calls for the same model in this process read nothing from disk. With
-        `num_classes` the body is loaded and a fresh `score` head is created.
-        """
-        from model.hub import load_base_weights
-
-        GPTConfig(dropout=dropout, num_classes=num_classes)  # bad settings fail before any weights are read
-        shape, state, source = load_base_weights(name_or_path, revision=revision)
-        config = GPTConfig(**shape, dropout=dropout, num_classes=num_classes)
-        with torch.device("meta"):  # no wasted random init: every tensor is overwritten below
-            gpt = cls(config)
-        gpt.to_empty(device="cpu")
-        gpt.tie_weights()
-        with torch.no_grad():
-            for name, p in gpt.named_parameters():
-                if name.startswith("score."):
-                    nn.init.normal_(p, mean=0.0, std=0.02)
-                else:
-                    p.copy_(state[name])  # a copy: the cached tensors are never handed to a trial
-        gpt.source = dict(source)
-        return gpt
-
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each block's activations in backward: less memory for ~30% more compute."""
+        """Recompute each block's activations in backward: less memory for more compute."""
         self.gradient_checkpointing = bool(enabled)
 
     def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
@@ -280,21 +238,21 @@ class GPT(nn.Module):
                 f"attention_mask.shape={tuple(attention_mask.shape)}, input_ids.shape={tuple(input_ids.shape)}"
             )
 
-    def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, tied: TiedGrad | None = None
-    ) -> torch.Tensor:
-        """The last block's output (B, T, C), before `ln_f`. `tied`: see `model.lm_head.TiedGrad` (lm_loss only)."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last block's output (B, T, C), before `ln_f`."""
         self._check_inputs(input_ids, attention_mask)
-        T = input_ids.shape[1]
-        if attention_mask is None or _is_right_padded(attention_mask):
+        return self._blocks(self.transformer.wte(input_ids), attention_mask)
+
+    def _blocks(self, tok_emb: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Position embeddings, dropout and every block over token embeddings `tok_emb` (B, T, C)."""
+        T = tok_emb.shape[1]
+        if attention_mask is None or is_right_padded(attention_mask):
             # under a causal mask real tokens never see right padding: the fast kernel gives the same values
             mask, is_causal = None, True
-            positions = torch.arange(T, device=input_ids.device)
+            positions = torch.arange(T, device=tok_emb.device)
         else:
-            (mask, positions), is_causal = _padding_mask(attention_mask), False
-        wte = self.transformer.wte
-        tokens = wte(input_ids) if tied is None else tied_embedding(input_ids, wte.weight, tied)
-        x = self.transformer.drop(tokens + self.transformer.wpe(positions))
+            (mask, positions), is_causal = padding_mask(attention_mask), False
+        x = self.transformer.drop(tok_emb + self.transformer.wpe(positions))
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
             x = checkpoint(block, x, mask, is_causal, use_reentrant=False) if ckpt else block(x, mask, is_causal)
@@ -332,16 +290,9 @@ class GPT(nn.Module):
                 "`labels.shape == input_ids.shape` must hold, but got "
                 f"labels.shape={tuple(labels.shape)}, input_ids.shape={tuple(input_ids.shape)}"
             )
-        weight = self.lm_head.weight
-        # fused head + loss in eager fp32/fp64; under autocast or torch.compile the plain ops (inductor fuses them)
-        fused = (
-            weight.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled(weight.device.type)
-            and not torch.compiler.is_compiling()
-        )
-        tie = fused and torch.is_grad_enabled() and weight.requires_grad and weight is self.transformer.wte.weight
-        tied = TiedGrad() if tie else None  # one gradient tensor for the tied matrix, not one per use
-        x = self.hidden_states(input_ids, attention_mask, tied=tied)
+        self._check_inputs(input_ids, attention_mask)
+        head = TiedHeadLoss(self.transformer.wte, self.lm_head)
+        x = self._blocks(head.embed(input_ids), attention_mask)
         targets = labels[:, 1:]
         keep = targets != -100
         if attention_mask is not None:
@@ -349,43 +300,14 @@ class GPT(nn.Module):
         h = x[:, :-1][keep]  # (N, C)
         if reduction == "mean" and h.shape[0] == 0:
             raise ValueError("`labels` must mark at least one position for the loss (!= -100), but got none")
-        h = self.transformer.ln_f(h)
-        if fused:
-            # the head and the loss fused, in chunks: no (N, vocab) log-softmax or gradient tensors
-            nll = lm_head_nll(h, weight, targets[keep].long(), owner=self, tied=tied)
-            return nll / h.shape[0] if reduction == "mean" else nll
-        logits = self.lm_head(h)  # (N, vocab)
-        return F.cross_entropy(logits, targets[keep].long(), reduction=reduction)
+        return head.loss(self.transformer.ln_f(h), targets[keep].long(), reduction)
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        attention_mask: torch.Tensor | None = None,
-        stop_sequences: Sequence[Sequence[int]] | None = None,
-        *,
-        pad_token_id: int | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Prompt + continuation (B, T + n); see `model.generate.generate` (KV cache, left padding, stop rules)."""
-        from model.generate import generate
 
-        return generate(
-            self,
-            input_ids,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_token_id=eos_token_id,
-            attention_mask=attention_mask,
-            stop_sequences=stop_sequences,
-            pad_token_id=pad_token_id,
-            use_cache=use_cache,
-            generator=generator,
-        )
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied tensors (wte = lm_head) count once, adapters count in both."""
+    trainable = total = 0
+    for p in model.parameters():  # parameters() yields each shared tensor once
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total

@@ -1,7 +1,7 @@
-"""Base weights: find Hugging Face GPT-2 files (hub or local folder), convert them, keep the last ones in memory.
+"""`from_pretrained`: find Hugging Face GPT-2 files (hub or local folder), convert them, keep the last ones in memory.
 
 A sweep runs many trials of the same model size in one process, so the converted state dict of the last model
-loaded stays here (one entry): later `GPT.from_pretrained` calls copy from it and read nothing from disk. The cached
+loaded stays here (one entry): later `from_pretrained` calls copy from it and read nothing from disk. The cached
 tensors are never handed out, so a trial cannot change them.
 
 The hub is reached through `huggingface_hub.hf_hub_download`, which honours `HF_HOME`/`HF_HUB_CACHE` and
@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from model.gpt2 import CONV1D_WEIGHTS, GPT, GPTConfig
 
@@ -234,7 +235,7 @@ def _fingerprint(files: list[Path]) -> tuple[Any, ...]:
 def load_base_weights(
     name_or_path: str | os.PathLike[str], revision: str | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """(shape fields, converted state dict, source info) for `GPT.from_pretrained`; the state dict is shared, read-only.
+    """(shape fields, converted state dict, source info) for `from_pretrained`; the state dict is shared, read-only.
 
     Hub models are keyed by (repo id, revision) and found in memory without a call to the hub; local folders by
     their files' paths, sizes and modification times.
@@ -268,3 +269,33 @@ def load_base_weights(
     n = sum(t.numel() for t in state.values())
     logger.info("loaded %s (%.1fM parameters) in %.1fs", source, n / 1e6, time.perf_counter() - start)
     return shape, state, info
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike[str],
+    num_classes: int | None = None,
+    *,
+    revision: str | None = None,
+    dropout: float = 0.0,
+) -> GPT:
+    """GPT-2 weights from the hub (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, `org/name`) or a local folder.
+
+    The folder (or hub repo) holds Hugging Face's `config.json` + `model.safetensors`. The last loaded weights stay in
+    memory, so later calls for the same model in this process read nothing from disk. With `num_classes` the body is
+    loaded and a fresh `score` head is created.
+    """
+    GPTConfig(dropout=dropout, num_classes=num_classes)  # bad settings fail before any weights are read
+    shape, state, source = load_base_weights(name_or_path, revision=revision)
+    config = GPTConfig(**shape, dropout=dropout, num_classes=num_classes)
+    with torch.device("meta"):  # no wasted random init: every tensor is overwritten below
+        gpt = GPT(config)
+    gpt.to_empty(device="cpu")
+    gpt.tie_weights()
+    with torch.no_grad():
+        for name, p in gpt.named_parameters():
+            if name.startswith("score."):
+                nn.init.normal_(p, mean=0.0, std=0.02)
+            else:
+                p.copy_(state[name])  # a copy: the cached tensors are never handed to a trial
+    gpt.source = dict(source)
+    return gpt

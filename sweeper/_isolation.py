@@ -20,15 +20,14 @@ processes wraps its job in `isolated_job()` too (sweep.py does).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import gc
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
+
+from common.allocator import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +47,6 @@ def forget_frames(error: BaseException | None) -> None:
         pending += [current.__cause__, current.__context__]
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None elsewhere (macOS, musl)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def _trim_malloc() -> None:
-    """Give the heap's free pages back to the system: a trial's tensors freed inside glibc's heap (fragmented, or
-    kept under LORASWEEP_MALLOC=tuned) would otherwise stay resident and count in the next trial's peak memory."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
 def _torch():  # the job's torch, if it imported one; never imported here
     return sys.modules.get("torch")
 
@@ -77,7 +59,7 @@ def thread_count() -> int | None:
 def release(threads_before: int | None) -> None:
     """Collect garbage and put back what a job may have changed in torch (see the module docstring)."""
     gc.collect()
-    _trim_malloc()
+    release_free_memory()
     torch = _torch()
     if torch is None:
         return

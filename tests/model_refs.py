@@ -55,3 +55,57 @@ def random_ids(batch: int, length: int, vocab: int = 50257, seed: int = 1) -> to
     """Token ids that avoid <|endoftext|> (50256), so it can serve as padding."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab - 1, (batch, length), generator=g)
+
+
+# PEFT's module names for our whole-linear targets (PEFT matches by suffix: "c_proj" hits attn.c_proj and mlp.c_proj)
+PEFT_TARGETS = {("qkv",): ["c_attn"], ("qkv", "attn_proj", "fc", "mlp_proj"): ["c_attn", "c_proj", "c_fc"]}
+ALL_FOUR = ("qkv", "attn_proj", "fc", "mlp_proj")
+
+
+def peft_lora(model: torch.nn.Module, rank: int, alpha: float, modules: list[str], **config: object) -> torch.nn.Module:
+    """`get_peft_model` with LoRA on `modules` of a transformers GPT-2 (Conv1D, so fan_in_fan_out), dropout 0."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=modules, fan_in_fan_out=True, **{"lora_dropout": 0.0, **config}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, lora)
+
+
+def peft_params(peft_model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """PEFT's parameters under our model names (`transformer.h.0.attn.c_attn.lora_A.default.weight`, ...)."""
+    return {n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters()}
+
+
+# our adapter tensor names -> PEFT's, relative to the adapted module
+PEFT_NAMES = {
+    "lora_a.weight": "lora_A.default.weight",
+    "lora_b.weight": "lora_B.default.weight",
+    "lora_magnitude": "lora_magnitude_vector.default.weight",
+}
+
+
+def copy_adapters_from_peft(ours: torch.nn.Module, peft_model: torch.nn.Module) -> None:
+    """Our whole-linear adapters take PEFT's A, B (and DoRA magnitude) values."""
+    from model.lora import lora_adapters
+
+    theirs = peft_params(peft_model)
+    with torch.no_grad():
+        for name, adapter in lora_adapters(ours).items():
+            for mine in adapter.adapter_params():
+                adapter.get_parameter(mine).copy_(theirs[f"{name}.{PEFT_NAMES[mine]}"])
+
+
+def perturb_peft_adapters(peft_model: torch.nn.Module, seed: int = 0) -> None:
+    """A trained-looking adapter: B (and DoRA's magnitude) away from PEFT's start."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+            elif "lora_magnitude" in name:
+                p.mul_(1 + 0.1 * torch.randn_like(p))

@@ -11,7 +11,7 @@ import torch
 from model_refs import TINY, hf_gpt2, populate_hub_cache, random_ids, save_hf
 from transformers import GPT2LMHeadModel
 
-from model import GPT
+from model import from_pretrained
 from model.hub import clear_cache
 
 REPO = "lorasweep-test/tiny-gpt2"
@@ -40,9 +40,9 @@ def test_offline_cache_gives_transformers_logits(reference: tuple[GPT2LMHeadMode
     ids = random_ids(2, 10)
     with torch.no_grad():
         expected = hf(ids).logits
-        by_main = GPT.from_pretrained(REPO).eval()(ids)
+        by_main = from_pretrained(REPO).eval()(ids)
         clear_cache()
-        by_commit = GPT.from_pretrained(REPO, revision=commit).eval()(ids)
+        by_commit = from_pretrained(REPO, revision=commit).eval()(ids)
     torch.testing.assert_close(by_main, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(by_commit, expected, atol=1e-4, rtol=0)
 
@@ -52,23 +52,23 @@ def test_second_load_reads_nothing_and_cannot_see_a_trials_changes(
 ) -> None:
     hf, src = reference
     populate_hub_cache(hf_home / "hub", REPO, src)
-    first = GPT.from_pretrained(REPO, num_classes=2)
+    first = from_pretrained(REPO, num_classes=2)
     with torch.no_grad():
         for p in first.parameters():
             p.mul_(0.0)
     shutil.rmtree(hf_home / "hub")  # the files are gone: only memory can serve the next load
-    second = GPT.from_pretrained(REPO).eval()
+    second = from_pretrained(REPO).eval()
     ids = random_ids(1, 6)
     with torch.no_grad():
         torch.testing.assert_close(second(ids), hf(ids).logits, atol=1e-4, rtol=0)
     clear_cache()
     with pytest.raises(FileNotFoundError):
-        GPT.from_pretrained(REPO)
+        from_pretrained(REPO)
 
 
 def test_uncached_repo_offline_says_how_to_get_it(hf_home: Path) -> None:
     with pytest.raises(FileNotFoundError) as info:
-        GPT.from_pretrained("gpt2-medium")
+        from_pretrained("gpt2-medium")
     message = str(info.value)
     assert "\n" not in message
     assert "openai-community/gpt2-medium" in message and "HF_HUB_OFFLINE=1" in message
@@ -79,4 +79,4 @@ def test_uncached_repo_offline_says_how_to_get_it(hf_home: Path) -> None:
 def test_uncached_revision_offline_names_it(reference: tuple[GPT2LMHeadModel, Path], hf_home: Path) -> None:
     populate_hub_cache(hf_home / "hub", REPO, reference[1])
     with pytest.raises(FileNotFoundError, match=r"revision v2\.0.*--revision v2\.0"):
-        GPT.from_pretrained(REPO, revision="v2.0")
+        from_pretrained(REPO, revision="v2.0")

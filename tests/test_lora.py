@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from model_refs import TINY, hf_gpt2, random_ids, save_hf
-from peft import LoraConfig, get_peft_model
+from model_refs import PEFT_TARGETS, TINY, copy_adapters_from_peft, hf_gpt2, peft_lora, random_ids, save_hf
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from model import GPT, GPTConfig, LoRALinear, apply_lora, count_parameters, merge_lora
-from model.lora import TARGETS, adapter_state_dict, lora_modules
-
-# PEFT's module names for our targets (PEFT matches by suffix: "c_proj" hits attn.c_proj and mlp.c_proj alike)
-PEFT_TARGETS = {("qkv",): ["c_attn"], ("qkv", "attn_proj", "fc", "mlp_proj"): ["c_attn", "c_proj", "c_fc"]}
+from model import GPT, GPTConfig, LoRALinear, apply_lora, count_parameters, from_pretrained, generate, merge_lora
+from model.lora import TARGETS, adapter_state_dict, lora_adapters, lora_modules
 
 
 def _peft(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...], rslora: bool = False) -> nn.Module:
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        target_modules=PEFT_TARGETS[targets],
-        fan_in_fan_out=True,  # GPT-2's Conv1D
-        use_rslora=rslora,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_peft_model(model, config)
+    return peft_lora(model, rank, alpha, PEFT_TARGETS[targets], use_rslora=rslora)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +34,6 @@ def test_trainable_counts_equal_peft_for_gpt2_small(targets: tuple[str, ...]) ->
         assert count_parameters(ours)[0] == 294_912
 
 
-def _copy_adapters_from_peft(ours: GPT, peft_model: nn.Module) -> None:
-    theirs = {n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters()}
-    with torch.no_grad():
-        for name, module in lora_modules(ours).items():
-            module.lora_a.weight.copy_(theirs[f"{name}.lora_A.default.weight"])
-            module.lora_b.weight.copy_(theirs[f"{name}.lora_B.default.weight"])
-
-
 @pytest.mark.parametrize("rslora", [False, True])
 def test_outputs_and_gradients_equal_peft_with_the_same_adapters(tiny_folder: Path, rslora: bool) -> None:
     targets = ("qkv", "attn_proj", "fc", "mlp_proj")
@@ -66,8 +43,8 @@ def test_outputs_and_gradients_equal_peft_with_the_same_adapters(tiny_folder: Pa
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)  # a trained-looking adapter, not PEFT's zero start
-    ours = apply_lora(GPT.from_pretrained(tiny_folder), rank=4, alpha=8, targets=targets, rslora=rslora)
-    _copy_adapters_from_peft(ours, peft_model)
+    ours = apply_lora(from_pretrained(tiny_folder), rank=4, alpha=8, targets=targets, rslora=rslora)
+    copy_adapters_from_peft(ours, peft_model)
     assert ours.transformer.h[0].attn.c_attn.scale == pytest.approx(8 / (math.sqrt(4) if rslora else 4))
     ids = random_ids(2, 10)
     ours(ids).square().mean().backward()
@@ -82,11 +59,11 @@ def test_outputs_and_gradients_equal_peft_with_the_same_adapters(tiny_folder: Pa
 
 
 def test_zero_b_start_is_the_base_model_exactly(tiny_folder: Path) -> None:
-    base = GPT.from_pretrained(tiny_folder, num_classes=3)
+    base = from_pretrained(tiny_folder, num_classes=3)
     torch.manual_seed(1)
     with torch.no_grad():
         base.score.weight.normal_()
-    lora = GPT.from_pretrained(tiny_folder, num_classes=3)
+    lora = from_pretrained(tiny_folder, num_classes=3)
     lora.load_state_dict(base.state_dict())
     apply_lora(lora, rank=8, alpha=16)
     ids = random_ids(2, 9)
@@ -96,7 +73,7 @@ def test_zero_b_start_is_the_base_model_exactly(tiny_folder: Path) -> None:
 
 
 def test_merged_equals_unmerged_and_is_plain_gpt2(tiny_folder: Path) -> None:
-    gpt = apply_lora(GPT.from_pretrained(tiny_folder), rank=4, alpha=16, dropout=0.1)
+    gpt = apply_lora(from_pretrained(tiny_folder), rank=4, alpha=16, dropout=0.1)
     torch.manual_seed(2)
     with torch.no_grad():
         for m in lora_modules(gpt).values():
@@ -123,23 +100,33 @@ def test_only_adapters_and_the_head_train() -> None:
     }
     assert trainable == adapters | {"score.weight"}
     assert set(adapter_state_dict(gpt)) == adapters
-    assert gpt.lora_config == {"rank": 2, "alpha": 4.0, "dropout": 0.0, "rslora": False, "targets": ["fc", "qkv"]}
+    assert gpt.lora_config == {
+        "rank": 2,
+        "alpha": 4.0,
+        "dropout": 0.0,
+        "rslora": False,
+        "targets": ["fc", "qkv"],
+        "variant": "lora",
+        "init": "default",
+    }
     # the wrapper holds the model's own base tensor, not a copy
     assert isinstance(gpt.transformer.h[0].mlp.c_fc, LoRALinear)
     assert gpt.transformer.h[0].mlp.c_fc.weight is base_fc
 
 
-def test_lora_trains_and_generates_under_bf16_autocast() -> None:
+@pytest.mark.parametrize("kwargs", [{}, {"targets": ["q", "v", "fc"], "variant": "dora"}], ids=["lora", "qv-dora"])
+def test_lora_trains_and_generates_under_bf16_autocast(kwargs: dict) -> None:
     torch.manual_seed(0)
-    gpt = apply_lora(GPT(GPTConfig.from_preset("tiny", vocab_size=256)), 4, 8)
+    gpt = apply_lora(GPT(GPTConfig.from_preset("tiny", vocab_size=256)), 4, 8, **kwargs)
     ids = random_ids(2, 8, vocab=256)
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
     with torch.autocast("cpu", dtype=torch.bfloat16):
         gpt.lm_loss(ids, ids).backward()
-        out = gpt.generate(ids, 4, attention_mask=mask)
-    assert all(torch.isfinite(m.lora_b.weight.grad).all() for m in lora_modules(gpt).values())
-    assert any(m.lora_b.weight.grad.abs().sum() > 0 for m in lora_modules(gpt).values())
+        out = generate(gpt, ids, 4, attention_mask=mask)
+    grads = [p.grad for p in gpt.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(m.lora_b.weight.grad.abs().sum() > 0 for m in lora_adapters(gpt).values())
     assert out.shape == (2, 12)
 
 

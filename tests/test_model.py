@@ -11,7 +11,7 @@ from model_refs import SMALL2, TINY, hf_gpt2, random_ids, save_hf
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from model import GPT, PRESETS, GPTConfig, count_parameters
+from model import GPT, PRESETS, GPTConfig, count_parameters, from_pretrained
 from model.hub import clear_cache
 
 ATOL = 1e-4
@@ -32,7 +32,7 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_logits_match_transformers(reference: tuple[GPT2LMHeadModel, Path]) -> None:
     hf, folder = reference
-    gpt = GPT.from_pretrained(folder).eval()
+    gpt = from_pretrained(folder).eval()
     ids = random_ids(2, 12)
     with torch.no_grad():
         torch.testing.assert_close(gpt(ids), hf(ids).logits, atol=ATOL, rtol=0)
@@ -40,7 +40,7 @@ def test_logits_match_transformers(reference: tuple[GPT2LMHeadModel, Path]) -> N
 
 def test_right_padded_batch_matches_transformers(reference: tuple[GPT2LMHeadModel, Path]) -> None:
     hf, folder = reference
-    gpt = GPT.from_pretrained(folder).eval()
+    gpt = from_pretrained(folder).eval()
     ids = random_ids(3, 12, seed=2)
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
@@ -52,7 +52,7 @@ def test_right_padded_batch_matches_transformers(reference: tuple[GPT2LMHeadMode
 
 
 def test_left_padding_gives_the_unpadded_rows(tiny_folder: Path) -> None:
-    gpt = GPT.from_pretrained(tiny_folder).eval()
+    gpt = from_pretrained(tiny_folder).eval()
     ids = random_ids(2, 10)
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
@@ -65,7 +65,7 @@ def test_left_padding_gives_the_unpadded_rows(tiny_folder: Path) -> None:
 
 def test_lm_loss_matches_transformers_and_skips_padding(tiny_folder: Path) -> None:
     hf = GPT2LMHeadModel.from_pretrained(tiny_folder).eval()
-    gpt = GPT.from_pretrained(tiny_folder).eval()
+    gpt = from_pretrained(tiny_folder).eval()
     ids = random_ids(3, 14)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
@@ -86,7 +86,7 @@ def test_lm_loss_matches_transformers_and_skips_padding(tiny_folder: Path) -> No
 
 
 def test_classification_logits_match_transformers(tiny_folder: Path) -> None:
-    gpt = GPT.from_pretrained(tiny_folder, num_classes=3).eval()
+    gpt = from_pretrained(tiny_folder, num_classes=3).eval()
     hf = GPT2ForSequenceClassification.from_pretrained(tiny_folder, num_labels=3, pad_token_id=50256).eval()
     with torch.no_grad():
         hf.score.weight.copy_(gpt.score.weight)
@@ -145,11 +145,11 @@ def test_dropout_is_active_only_in_training() -> None:
 
 
 def test_repeat_load_is_a_private_copy(tiny_folder: Path) -> None:
-    first = GPT.from_pretrained(tiny_folder)
+    first = from_pretrained(tiny_folder)
     with torch.no_grad():
         for p in first.parameters():
             p.add_(1.0)  # a trial changing its weights in place
-    second = GPT.from_pretrained(tiny_folder)
+    second = from_pretrained(tiny_folder)
     reference = load_file(tiny_folder / "model.safetensors")
     torch.testing.assert_close(second.transformer.wte.weight, reference["transformer.wte.weight"], atol=0, rtol=0)
     torch.testing.assert_close(
@@ -200,24 +200,24 @@ def test_bad_forward_inputs() -> None:
 
 def test_bad_head_or_dropout_fails_before_weights_are_looked_up() -> None:
     with pytest.raises(ValueError, match="num_classes=1"):
-        GPT.from_pretrained("openai-community/not-cached", num_classes=1)
+        from_pretrained("openai-community/not-cached", num_classes=1)
     with pytest.raises(ValueError, match=r"dropout=1\.5"):
-        GPT.from_pretrained("openai-community/not-cached", dropout=1.5)
+        from_pretrained("openai-community/not-cached", dropout=1.5)
 
 
 def test_unknown_model_name_lists_the_valid_ones() -> None:
     with pytest.raises(
         ValueError, match=r"gpt2, gpt2-medium, gpt2-large, gpt2-xl, a hub repo id .* name_or_path='gpt-3'"
     ):
-        GPT.from_pretrained("gpt-3")
+        from_pretrained("gpt-3")
     with pytest.raises(ValueError, match="no such folder"):
-        GPT.from_pretrained("./checkpoints/missing")
+        from_pretrained("./checkpoints/missing")
 
 
 def test_folder_without_weights(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"config.json \+ model.safetensors .* files=\['config.json'\]"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def _tampered(src: Path, dst: Path, edit) -> Path:
@@ -239,7 +239,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tiny_folder: Path, tmp_
 
     folder = _tampered(tiny_folder, tmp_path / "bad", edit)
     with pytest.raises(ValueError) as info:
-        GPT.from_pretrained(folder)
+        from_pretrained(folder)
     message = str(info.value)
     assert "\n" not in message
     assert "missing keys [transformer.h.1.ln_2.weight]" in message
@@ -252,4 +252,4 @@ def test_config_variants_we_cannot_compute_are_refused(tiny_folder: Path, tmp_pa
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
     with pytest.raises(ValueError, match="activation_function='relu'"):
-        GPT.from_pretrained(folder)
+        from_pretrained(folder)

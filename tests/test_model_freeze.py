@@ -92,3 +92,19 @@ def test_k_outside_the_model_is_refused(k: object) -> None:
     with pytest.raises(ValueError, match=r"integer in \[0, 3\] \(n_layer\), but got k="):
         freeze_blocks(gpt, k)
     assert all(p.requires_grad for p in gpt.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"targets": ["q", "v", "fc"]}, {"targets": ["q", "v", "fc"], "variant": "dora", "init": "pissa"}],
+    ids=["q-v-fc", "q-v-fc-dora-pissa"],
+)
+def test_freezing_after_lora_merges_any_variant_away_at_its_start(kwargs: dict) -> None:
+    gpt = apply_lora(_model(), rank=2, alpha=4, pretrained=True, **kwargs)
+    ids = random_ids(2, 9, vocab=VOCAB)
+    with torch.no_grad():
+        before = gpt.eval()(ids)
+        freeze_blocks(gpt, 2)
+        torch.testing.assert_close(gpt(ids), before, atol=1e-5, rtol=0)
+    assert sorted(lora_modules(gpt)) == ["transformer.h.2.attn.c_attn", "transformer.h.2.mlp.c_fc"]
+    assert type(gpt.transformer.h[1].attn.c_attn) is torch.nn.Linear

@@ -148,6 +148,8 @@ def _generate(
     model: torch.nn.Module, prompts: list[list[int]], settings: GenerationSettings, device: torch.device | str
 ) -> dict[int, Continuation]:
     """Batches of similar lengths, left-padded, decoded with the KV cache; each row cut by the stop rules."""
+    from model import generate
+
     tokenizer = get_tokenizer()
     stop_sequences = [tokenizer.encode(STOP_HEADER)]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
@@ -155,7 +157,8 @@ def _generate(
     with tqdm(total=len(prompts), desc="generate", unit="prompt", dynamic_ncols=True) as bar:
         for batch in _chunks(order, settings.batch_size):
             input_ids, attention_mask = _left_pad([prompts[i] for i in batch], device)
-            out = model.generate(
+            out = generate(
+                model,
                 input_ids,
                 settings.max_new_tokens,
                 temperature=settings.temperature,

@@ -22,16 +22,16 @@ def model_preset(cfg: DictConfig) -> GPTConfig:
 
 def build_model(cfg: DictConfig, num_classes: int | None, runtime: Runtime) -> torch.nn.Module:
     """The model a trial trains: pretrained or random GPT-2, LoRA adapters, frozen blocks, on the device."""
-    from model import GPT, GPTConfig, apply_lora, freeze_blocks
-    from model.allocator import maybe_tune_malloc
+    from common.allocator import maybe_tune_malloc
+    from model import GPT, GPTConfig, apply_lora, freeze_blocks, from_pretrained
 
     if runtime.device.type == "cpu":
-        maybe_tune_malloc()  # opt-in (LORASWEEP_MALLOC=tuned): see model/allocator.py and BENCHMARKS.md
+        maybe_tune_malloc()  # opt-in (LORASWEEP_MALLOC=tuned): see common/allocator.py and BENCHMARKS.md
     m = cfg.model
     if m.pretrained:
         if not m.hub_id:
             raise ValueError(f"model.pretrained=true needs model.hub_id, but got model.hub_id={m.hub_id!r}")
-        model = GPT.from_pretrained(m.hub_id, num_classes=num_classes, revision=m.revision, dropout=m.dropout)
+        model = from_pretrained(m.hub_id, num_classes=num_classes, revision=m.revision, dropout=m.dropout)
     else:
         model = GPT(GPTConfig.from_preset(m.preset, dropout=m.dropout, num_classes=num_classes))
     if cfg.finetune.mode == "lora":

@@ -6,8 +6,6 @@ Kept apart from the loop so each rule is in one place and testable without train
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import hashlib
 import logging
@@ -20,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from common.allocator import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -130,22 +130,6 @@ def _reset_cpu_peak() -> bool:
     except OSError:
         return first  # ru_maxrss: the process's peak since it started
     return first or returned
-
-
-def release_free_memory() -> bool:
-    """Give the memory glibc keeps for reuse back to the system (`malloc_trim(0)`, all arenas); True when done.
-
-    False outside glibc or with another allocator preloaded (tcmalloc, jemalloc keep their own pools).
-    """
-    if "malloc" in os.environ.get("LD_PRELOAD", ""):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim(0)  # 1 when memory was released, 0 when there was none to release: both leave nothing kept
-    return True
 
 
 def current_rss_mb() -> float | None:

@@ -1,4 +1,4 @@
-"""Opt-in glibc malloc tuning for CPU training: keep freed memory in the process instead of giving it back.
+"""glibc's allocator for CPU training: opt-in tuning that keeps freed memory, and handing kept memory back.
 
 glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh `mmap`s and returns them on `free`, and
 trims the heap top when more than the trim threshold is free; a training step frees and reallocates the same large
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +37,8 @@ def tune_glibc_malloc() -> bool:
     global _applied
     if _applied:
         return True
-    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # tcmalloc / jemalloc: nothing to tune
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (raises AttributeError outside glibc)
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
     ok = all(libc.mallopt(p, v) == 1 for p, v in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _TRIM), (M_TOP_PAD, _TOP_PAD)))
     if ok:
@@ -57,3 +55,30 @@ def maybe_tune_malloc() -> bool:
     if value != "tuned":
         raise ValueError(f"`{ENV}` must be one of tuned, default, but got {ENV}={value!r}")
     return tune_glibc_malloc()
+
+
+def release_free_memory() -> bool:
+    """Give the memory glibc keeps for reuse back to the system (`malloc_trim(0)`, all arenas); True when done.
+
+    Between trials of one process: tensors a trial freed inside glibc's heap (fragmented, or kept under
+    `LORASWEEP_MALLOC=tuned`) would otherwise stay resident and count in the next trial's peak memory. False
+    outside glibc or with another allocator preloaded (tcmalloc, jemalloc keep their own pools).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)  # 1 when memory was released, 0 when there was none to release: both leave nothing kept
+    return True
+
+
+@functools.cache
+def _glibc() -> Any:
+    """This process's glibc, or None: another allocator preloaded, or not glibc (macOS, musl)."""
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # tcmalloc / jemalloc: nothing to tune or trim
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (raises AttributeError outside glibc)
+    except (OSError, AttributeError):
+        return None
+    return libc
