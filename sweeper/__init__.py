@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from sweeper._grammar import SearchSpace, parse_search_space
     from sweeper._isolation import isolated_job
     from sweeper._preflight import set_config_check
-    from sweeper._trial import ENV_STUDY, ENV_TRIAL, TrialHandle, current_trial, user_attrs_from_metrics
+    from sweeper._trial import (
+        ENV_STUDY,
+        ENV_TRIAL,
+        TrialHandle,
+        current_trial,
+        trial_handle,
+        user_attrs_from_metrics,
+    )
 
 _LAZY = {
     "ENV_STUDY": "sweeper._trial",
@@ -31,6 +38,7 @@ _LAZY = {
     "isolated_job": "sweeper._isolation",
     "parse_search_space": "sweeper._grammar",
     "set_config_check": "sweeper._preflight",
+    "trial_handle": "sweeper._trial",
     "user_attrs_from_metrics": "sweeper._trial",
 }
 
@@ -43,6 +51,7 @@ __all__ = [
     "isolated_job",
     "parse_search_space",
     "set_config_check",
+    "trial_handle",
     "user_attrs_from_metrics",
 ]
 
