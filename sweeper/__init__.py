@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sweeper._grammar import SearchSpace, parse_search_space
     from sweeper._isolation import isolated_job
+    from sweeper._pack_job import PackChannel, current_pack, set_pack_key
     from sweeper._preflight import set_config_check
     from sweeper._trial import (
         ENV_STUDY,
@@ -33,11 +34,14 @@ _LAZY = {
     "ENV_STUDY": "sweeper._trial",
     "ENV_TRIAL": "sweeper._trial",
     "SearchSpace": "sweeper._grammar",
+    "PackChannel": "sweeper._pack_job",
     "TrialHandle": "sweeper._trial",
+    "current_pack": "sweeper._pack_job",
     "current_trial": "sweeper._trial",
     "isolated_job": "sweeper._isolation",
     "parse_search_space": "sweeper._grammar",
     "set_config_check": "sweeper._preflight",
+    "set_pack_key": "sweeper._pack_job",
     "trial_handle": "sweeper._trial",
     "user_attrs_from_metrics": "sweeper._trial",
 }
@@ -45,12 +49,15 @@ _LAZY = {
 __all__ = [
     "ENV_STUDY",
     "ENV_TRIAL",
+    "PackChannel",
     "SearchSpace",
     "TrialHandle",
+    "current_pack",
     "current_trial",
     "isolated_job",
     "parse_search_space",
     "set_config_check",
+    "set_pack_key",
     "trial_handle",
     "user_attrs_from_metrics",
 ]

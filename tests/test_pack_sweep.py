@@ -1,0 +1,97 @@
+"""Packed sweeps (issue [15] item 1): `hydra.sweeper.pack.size` through sweep.py, a real SQLite study.
+
+The same study run packed and unpacked gives every trial the same state and result; each packed trial is its own
+Optuna trial with its own folder and metrics.json. Bad packing settings stop the sweep in one line before a trial.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import run_sweep_py
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+from optuna.trial import TrialState
+
+from sweeper._pack import check_packing
+from sweeper._settings import build_settings
+
+TOL = {"rel": 2e-4, "abs": 2e-5}
+
+
+def sweep_args(shared_data: Path, tmp_path: Path, name: str) -> list[str]:
+    """A grid of 4 trials: the 6-step ones are pruned at step 4 (ThresholdPruner: accuracy below 0.99 after 3
+    warm-up steps, whatever the other trials did), the 2-step ones complete."""
+    return [
+        "-m", "model=tiny", "task=sms_spam", f"task.path={shared_data / 'sms_spam' / 'SMSSpamCollection'}",
+        "task.max_length=32", "task.val_size=0.04", "task.test_size=0.01", "trainer.batch_size=4",
+        "trainer.eval_every=2", "trainer.max_eval_batches=2", "trainer.save_checkpoint=false", "lora.dropout=0",
+        "lora.rank=1,4", "trainer.max_steps=2,6", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=4",
+        "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=0.99", "hydra.sweeper.pruner.n_warmup_steps=3",
+        f"paths.root_dir={tmp_path}", f"hydra.sweeper.storage=sqlite:///{tmp_path / 's.db'}",
+        f"hydra.sweeper.study_name={name}", f"hydra.sweep.dir={tmp_path / name}",
+    ]  # fmt: skip
+
+
+def by_params(study: optuna.Study) -> dict[tuple, optuna.trial.FrozenTrial]:
+    return {tuple(sorted(t.params.items())): t for t in study.trials}
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_equals_the_same_sweep_unpacked(shared_data: Path, tmp_path: Path) -> None:
+    run_sweep_py(*sweep_args(shared_data, tmp_path, "packed"), "hydra.sweeper.pack.size=3", cwd=tmp_path)
+    run_sweep_py(*sweep_args(shared_data, tmp_path, "alone"), cwd=tmp_path)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    packed = by_params(optuna.load_study(study_name="packed", storage=storage))
+    alone = by_params(optuna.load_study(study_name="alone", storage=storage))
+    assert packed.keys() == alone.keys() and len(packed) == 4
+    assert sorted(t.state.name for t in packed.values()) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    run_dirs = set()
+    for params, trial in packed.items():
+        twin = alone[params]
+        assert trial.state == twin.state, params
+        assert trial.intermediate_values == pytest.approx(twin.intermediate_values, **TOL)
+        if trial.state == TrialState.COMPLETE:
+            assert trial.value == pytest.approx(twin.value, **TOL)
+        mine = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
+        theirs = json.loads((Path(twin.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert mine["status"] == theirs["status"] and mine["steps"] == theirs["steps"]
+        assert [p["loss"] for p in mine["train_curve"]] == pytest.approx([p["loss"] for p in theirs["train_curve"]],
+                                                                           **TOL)  # fmt: skip
+        assert trial.user_attrs["pack_id"] == "0" and trial.user_attrs["peak_memory_own"] is False
+        assert "pack_size" not in twin.user_attrs
+        run_dirs.add(trial.user_attrs["run_dir"])
+    assert len(run_dirs) == 4  # one job, each trial its own folder, as alone
+    assert max(t.user_attrs["pack_size"] for t in packed.values()) == 3
+
+
+def test_pack_size_below_one_is_refused_in_one_line() -> None:
+    line = r"`pack.size` must be an integer >= 1 \(1 = no packing\), but got pack.size=0"
+    with pytest.raises(ValueError, match=line):
+        build_settings(sampler={"_target_": "optuna.samplers.TPESampler"}, pruner={"_target_": "x.Y"},
+                       direction="maximize", n_trials=1, n_jobs=1, max_failure_rate=0.5, pack={"size": 0})  # fmt: skip
+
+
+def test_packing_refuses_a_launcher_without_the_study_or_hydra_in_its_jobs(compose_cfg) -> None:
+    import sweep  # noqa: F401  (registers the app's pack key, as `python sweep.py` does)
+
+    probes = [compose_cfg("model=tiny")]
+    with pytest.raises(ValueError, match="needs a study its jobs can reach, but got storage=null"):
+        check_packing(4, JoblibLauncher(), None, probes)
+    assert check_packing(4, JoblibLauncher(), "sqlite:///s.db", probes) is not None
+    with pytest.raises(ValueError, match="needs a launcher whose jobs get Hydra's config loader"):
+        check_packing(4, object(), "sqlite:///s.db", probes)
+
+
+@pytest.mark.slow
+def test_packing_full_fine_tuning_alone_is_refused_before_any_trial(shared_data: Path, tmp_path: Path) -> None:
+    proc = run_sweep_py(
+        *sweep_args(shared_data, tmp_path, "full"), "finetune=full", "hydra.sweeper.pack.size=4", cwd=tmp_path,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    line = "no trial of this search space can (finetune=full trains the base weights, which a pack shares)"
+    assert line in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "full").exists()
