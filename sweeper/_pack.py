@@ -28,6 +28,7 @@ from sweeper._optuna_private import study_id, study_storage, trial_id
 from sweeper._outcome import Outcome, describe_error, from_values
 from sweeper._pack_job import (
     CLOSED_ATTR,
+    COMPOSE_LOCK,
     ENV_PACK,
     OUTCOME_ATTR,
     OVERRIDES_ATTR,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
-COMPOSE_LOCK = threading.Lock()  # Hydra's config loader is not made for two threads (in-process jobs compose too)
 # launchers whose jobs get Hydra's state (config loader, HydraConfig) and so can compose their members' configs
 PACKING_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher", "SlurmLauncher")
 
@@ -52,12 +52,22 @@ class Packer:
     """How this sweep packs: the size K and the app's key of an overrides list (composed as the job will be)."""
 
     def __init__(self, size: int, key_of: Callable[[list[str]], str | None]) -> None:
-        self.size, self.key_of = size, key_of
+        self.size, self._key_of = size, key_of
+
+    def key_of(self, loop: TrialLoop, overrides: list[str]) -> str | None:
+        """The trial's pack key; None (it runs alone, and its own job reports what is wrong) when its config does
+        not compose or the app's key refuses it. Composed under the loop's lock, as `_prepare` composes, and the
+        lock an in-process job composes under."""
+        try:
+            with loop.lock, COMPOSE_LOCK:
+                return self._key_of(overrides)
+        except Exception as e:
+            log.debug("no pack key for %s: %s", overrides, describe_error(e))
+            return None
 
     def run(self, loop: TrialLoop, trial: optuna.Trial, overrides: list[str]) -> None:
         """Run `trial` alone, or as the leader of a pack of trials with its key."""
-        with COMPOSE_LOCK:
-            key = self.key_of(overrides)
+        key = self.key_of(loop, overrides)
         if key is None:
             loop.run_alone(trial, overrides)
             return
@@ -166,8 +176,7 @@ class PackLaunch:
             except BaseException:
                 loop.close(trial, "the sweeper failed while preparing this trial")
                 raise
-        with COMPOSE_LOCK:
-            key = self.packer.key_of(overrides)
+        key = self.packer.key_of(loop, overrides)
         if key != self.key:
             with loop.lock:
                 loop.pending.append((trial, overrides))

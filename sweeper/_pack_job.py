@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ OVERRIDES_ATTR = "lorasweep:overrides"
 OUTCOME_ATTR = "lorasweep:pack_outcome"
 CLOSED_ATTR = "lorasweep:pack_closed:{}"
 MAX_TRACEBACK = 20_000
+# Hydra's config loader is not made for two threads: an in-process (basic launcher) job composes its members while
+# the sweeper composes new trials in a thread of its own
+COMPOSE_LOCK = threading.Lock()
 
 PackKey = Callable[[DictConfig], "str | None"]
 _registered: tuple[PackKey, Callable[[DictConfig], str | None]] | None = None
@@ -130,7 +134,8 @@ def compose_member(overrides: list[str], number: int) -> tuple[DictConfig, Path]
             "(use the basic, joblib or submitit launcher)"
         )
     master = OmegaConf.create({"hydra": OmegaConf.to_container(HydraConfig.get(), resolve=False)})
-    cfg = GlobalHydra.instance().config_loader().load_sweep_config(master, list(overrides))
+    with COMPOSE_LOCK:
+        cfg = GlobalHydra.instance().config_loader().load_sweep_config(master, list(overrides))
     with open_dict(cfg):
         cfg.hydra.job.num = number
         cfg.hydra.job.id = str(number)

@@ -95,3 +95,20 @@ def test_packing_full_fine_tuning_alone_is_refused_before_any_trial(shared_data:
     line = "no trial of this search space can (finetune=full trains the base weights, which a pack shares)"
     assert line in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "full").exists()
+
+
+@pytest.mark.slow
+def test_a_member_that_fails_is_failed_alone_and_its_pack_mate_completes(shared_data: Path, tmp_path: Path) -> None:
+    dropped = ("lora.rank=", "trainer.max_", "hydra/sweeper/pruner", "hydra.sweeper.pruner", "hydra.sweeper.n_")
+    args = [a for a in sweep_args(shared_data, tmp_path, "fails") if not a.startswith(dropped)]
+    run_sweep_py(
+        *args, "optim.lr=3e-4,1e6", "trainer.grad_clip=null", "trainer.max_steps=4", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.pack.size=2", cwd=tmp_path,
+    )  # fmt: skip
+    study = optuna.load_study(study_name="fails", storage=f"sqlite:///{tmp_path / 's.db'}")
+    states = {t.params["optim.lr"]: t for t in study.trials}
+    failed, complete = states[1e6], states[3e-4]
+    assert failed.state == TrialState.FAIL and "training loss became" in failed.user_attrs["fail_reason"]
+    assert complete.state == TrialState.COMPLETE and complete.user_attrs["pack_id"] == "0"
+    assert failed.user_attrs["run_dir"] != complete.user_attrs["run_dir"]
+    assert (Path(complete.user_attrs["run_dir"]) / "metrics.json").is_file()

@@ -42,10 +42,13 @@ PISSA_REFUSED = (
 
 
 class _Routing:
-    """The batch being run, as (member key, row slice) in batch order; shared by every packed layer of one pack."""
+    """The batch being run, as member keys and their row counts in batch order; shared by every packed layer of one
+    pack. Layers `split` their tensors by `sizes` (never index rows: each indexed part would get a zero-filled
+    gradient of the whole batch in backward)."""
 
     def __init__(self) -> None:
-        self.parts: list[tuple[Hashable, slice]] = []
+        self.keys: list[Hashable] = []
+        self.sizes: list[int] = []
 
 
 class PackedLinear(nn.Module):
@@ -64,15 +67,22 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)  # the base, once for every member
-        for key, rows in self._routing.parts:
+        routing = self._routing
+        parts, adapted = [], False
+        for key, x_rows, out_rows in zip(routing.keys, x.split(routing.sizes), out.split(routing.sizes), strict=True):
             layer = self._adapted.get(key)
             if layer is None:
+                parts.append(out_rows)
                 continue
-            x_rows, out_rows = x[rows], out[rows]  # views: a member's rows are contiguous
+            # the member's rows as a tensor of their own, which its adapters change in place as they do alone; in
+            # place on a view of `out` instead, autograd would copy the whole batch's gradient once per member
+            mine = out_rows.clone()
             for _, adapter, cols in layer.adapters():
                 bias = self.bias[cols] if self.bias is not None else None
-                adapter.add_to(out_rows, cols, x_rows, self.weight[cols], bias)
-        return out
+                adapter.add_to(mine, cols, x_rows, self.weight[cols], bias)
+            parts.append(mine)
+            adapted = True
+        return torch.cat(parts) if adapted else out
 
     def extra_repr(self) -> str:
         out_dim, in_dim = self.weight.shape
@@ -88,7 +98,9 @@ class PackedHead(nn.Module):
         self._heads: dict[Hashable, nn.Linear] = {}
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._heads[key](h[rows]) for key, rows in self._routing.parts])
+        routing = self._routing
+        parts = zip(routing.keys, h.split(routing.sizes), strict=True)
+        return torch.cat([self._heads[key](part) for key, part in parts])
 
 
 class PackedGPT(nn.Module):
@@ -175,22 +187,19 @@ class PackedGPT(nn.Module):
         segments: Sequence[tuple[str, int]],
     ) -> list[torch.Tensor]:
         """Each member's summed next-token NLL on its own rows, from one pass over the blocks."""
-        rows = self._set_segments(segments, input_ids.shape[0])
-        return self.base.lm_loss_rows(input_ids, labels, attention_mask, rows, reduction="sum")
+        sizes = self._set_segments(segments, input_ids.shape[0])
+        return self.base.lm_loss_rows(input_ids, labels, attention_mask, sizes, reduction="sum")
 
-    def _set_segments(self, segments: Sequence[tuple[str, int]], batch: int) -> list[slice]:
+    def _set_segments(self, segments: Sequence[tuple[str, int]], batch: int) -> list[int]:
         unknown = [key for key, _ in segments if key not in self.members]
         if unknown:
             raise ValueError(f"segments must name members of the pack, but got unknown key(s) {unknown}")
-        rows, start = [], 0
-        for _, n in segments:
-            rows.append(slice(start, start + n))
-            start += n
-        if start != batch:
-            raise ValueError(f"segments must cover the batch's rows, but got {start} rows for a batch of {batch}")
+        sizes = [n for _, n in segments]
+        if sum(sizes) != batch:
+            raise ValueError(f"segments must cover the batch's rows, but got {sum(sizes)} rows for a batch of {batch}")
         # kept until the next call: a checkpointed block recomputes its forward during backward
-        self._routing.parts = [(key, part) for (key, _), part in zip(segments, rows, strict=True)]
-        return rows
+        self._routing.keys, self._routing.sizes = [key for key, _ in segments], sizes
+        return sizes
 
     def _attach(self, member: GPT, score: torch.Tensor | None) -> None:
         """Make the member's base tensors the pack's own (the same Parameters), its head its own copy of `score`."""

@@ -107,20 +107,19 @@ def _micro_step(pack: Any, items: list[StepItem], r: int, totals: list[int]) -> 
     segments = [(item.member.key, n) for item, n in zip(items, rows, strict=True)]
     with pack.runtime.autocast():
         outputs = _outputs(pack, batch, segments)
-        start, losses = 0, []
-        for n, output in zip(rows, outputs, strict=True):
-            mine = {k: v[start : start + n] for k, v in batch.items()}
-            losses.append(pack.task.compute_loss(_MemberRows(output), mine)[0])
-            start += n
-    weighted, out = [], []
-    width = batch["input_ids"].shape[1]
-    for item, loss, b, total, n in zip(items, losses, batches, totals, rows, strict=True):
-        share = loss_tokens(b) / total
+        split = {k: v.split(rows) for k, v in batch.items()}
+        losses = [
+            pack.task.compute_loss(_MemberRows(output), {k: parts[i] for k, parts in split.items()})[0]
+            for i, output in enumerate(outputs)
+        ]
+    shares = [loss_tokens(b) / total for b, total in zip(batches, totals, strict=True)]
+    weighted = []
+    for item, loss, share in zip(items, losses, shares, strict=True):
         scaled = loss * share
         weighted.append(item.member.scaler.scale(scaled) if item.member.scaler is not None else scaled)
-        out.append((float(loss.detach()) * share, n * width))
     sum(weighted).backward()  # type: ignore[union-attr]
-    return out
+    width = batch["input_ids"].shape[1]
+    return [(float(loss.detach()) * share, n * width) for loss, share, n in zip(losses, shares, rows, strict=True)]
 
 
 def _outputs(pack: Any, batch: dict[str, torch.Tensor], segments: list[tuple[str, int]]) -> list[torch.Tensor]:
