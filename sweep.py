@@ -43,9 +43,7 @@ USER_ERRORS = (
 def check_trial_config(cfg: DictConfig) -> None:
     """The sweeper calls this with the composed config of every swept value before the first trial, so
     `lora.rank=4,0` is refused before rank 4 trains. Raises ValueError (one line)."""
-    from model import GPTConfig
-
-    check_config(cfg, n_layer=GPTConfig.from_preset(cfg.model.preset).n_layer)
+    check_config(cfg)
 
 
 set_config_check(check_trial_config)

@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 from tasks.train.optim import OPTIMIZERS, SCHEDULES
 from tasks.train.runtime import DEVICES, PRECISIONS
 
-LORA_TARGETS = ("qkv", "attn_proj", "fc", "mlp_proj")
 FINETUNE_MODES = ("full", "lora")
 PHASES = ("search", "confirm")  # a search trial never sees test generations; a confirmation run scores them
 # trainer.reuse: which finished twin's result a trial may take instead of training (tasks.train.reuse)
@@ -42,25 +41,20 @@ def _in(problems: list[str], name: str, value: Any, allowed: Iterable[str]) -> N
         problems.append(f"{name} must be one of {', '.join(allowed)}, but got {name}={value!r}")
 
 
-def check_config(cfg: DictConfig, n_layer: int | None = None) -> None:
-    """Raise `ConfigError` listing every problem of `cfg`; `n_layer` bounds `freeze.blocks` when known."""
+def check_config(cfg: DictConfig) -> None:
+    """Raise `ConfigError` listing every problem of `cfg`; the model preset bounds `freeze.blocks` and `lora.rank`."""
+    from model import PRESETS
+
     problems: list[str] = []
-    tr, lora, optim, sched = cfg.trainer, cfg.lora, cfg.optim, cfg.schedule
+    tr, optim, sched = cfg.trainer, cfg.optim, cfg.schedule
+    _in(problems, "model.preset", cfg.model.preset, PRESETS)
+    preset = PRESETS.get(cfg.model.preset)
 
     _in(problems, "finetune.mode", cfg.finetune.mode, FINETUNE_MODES)
     if cfg.finetune.mode == "lora":
-        _positive(problems, "lora.rank", lora.rank)
-        if isinstance(lora.rank, float):
-            problems.append(f"lora.rank must be an integer, but got lora.rank={lora.rank!r}")
-        _positive(problems, "lora.alpha", lora.alpha)
-        if not isinstance(lora.dropout, (int, float)) or not 0.0 <= lora.dropout < 1.0:
-            problems.append(f"`0 <= lora.dropout < 1` must hold, but got lora.dropout={lora.dropout!r}")
-        bad = [t for t in lora.targets if t not in LORA_TARGETS]
-        if bad or not lora.targets:
-            problems.append(
-                f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, but got {list(lora.targets)}"
-            )
+        problems += lora_problems(cfg.lora, preset["n_embd"] if preset else None, cfg.model.name)
 
+    n_layer = preset["n_layer"] if preset else None
     blocks = cfg.freeze.blocks
     upper = n_layer if n_layer is not None else float("inf")
     if not isinstance(blocks, int) or isinstance(blocks, bool) or not 0 <= blocks <= upper:
@@ -97,6 +91,46 @@ def check_config(cfg: DictConfig, n_layer: int | None = None) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def lora_problems(lora: DictConfig, n_embd: int | None, model_name: str) -> list[str]:
+    """The `lora` node against what the model accepts (`model.lora`): every problem, one line each."""
+    from model.lora import ALL_TARGETS, INITS, VARIANTS, LoRASettings, target_shape
+
+    problems: list[str] = []
+    _positive(problems, "lora.rank", lora.rank)
+    if isinstance(lora.rank, float):
+        problems.append(f"lora.rank must be an integer, but got lora.rank={lora.rank!r}")
+    _positive(problems, "lora.alpha", lora.alpha)
+    _positive(problems, "lora.lr_ratio", lora.lr_ratio)
+    if not isinstance(lora.dropout, (int, float)) or not 0.0 <= lora.dropout < 1.0:
+        problems.append(f"`0 <= lora.dropout < 1` must hold, but got lora.dropout={lora.dropout!r}")
+    _in(problems, "lora.variant", lora.variant, VARIANTS)
+    _in(problems, "lora.init", lora.init, INITS)
+    targets = [str(t) for t in lora.targets] if OmegaConf.is_list(lora.targets) else [lora.targets]
+    unknown = [t for t in targets if t not in ALL_TARGETS]
+    if unknown or not targets:
+        problems.append(
+            f"lora.targets must be a non-empty list of {', '.join(ALL_TARGETS)}, but got lora.targets={targets}"
+        )
+    elif "qkv" in targets and {"q", "k", "v"} & set(targets):
+        problems.append(
+            f"lora.targets must adapt each projection once (qkv covers q, k and v), but got lora.targets={targets}"
+        )
+    elif n_embd is not None and not problems:
+        for target in targets:
+            width = min(target_shape(target, n_embd))
+            if lora.rank > width:
+                problems.append(
+                    f"`lora.rank <= {width}` must hold for target {target} of model={model_name} (its width), "
+                    f"but got lora.rank={lora.rank}"
+                )
+        if not problems:  # whatever else the model would refuse, refused here first
+            try:
+                LoRASettings(lora.rank, lora.alpha, lora.dropout, tuple(targets), lora.rslora, lora.variant, lora.init)
+            except ValueError as e:
+                problems.append(str(e))
+    return problems
+
+
 def config_fingerprint(cfg: DictConfig, data_fingerprint: str | None) -> str:
     """A short hash of everything that decides what a trial computes, except the code: the config and the data.
 
@@ -115,11 +149,23 @@ def config_fingerprint(cfg: DictConfig, data_fingerprint: str | None) -> str:
         config.get("trainer", {}).pop(key, None)
     if cfg.finetune.mode != "lora":
         config.pop("lora", None)
+    else:  # [v, q] and [q, v] are the same adapters
+        config["lora"]["targets"] = lora_targets_label(cfg.lora.targets).split(",")
     if cfg.task.name != "alpaca":
         config.pop("judge", None)
     config["data_fingerprint"] = data_fingerprint
     blob = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def lora_targets_label(targets: Iterable[str]) -> str:
+    """`lora.targets` as one stable string, in the model's order whatever the order written: "q,v",
+    "qkv,attn_proj,fc,mlp_proj". Unknown names go last, as written (the config check refuses them)."""
+    from model.lora import ALL_TARGETS
+
+    names = list(dict.fromkeys(str(t) for t in targets))
+    order = {name: i for i, name in enumerate(ALL_TARGETS)}
+    return ",".join(sorted(names, key=lambda n: order.get(n, len(order))))
 
 
 def result_fingerprint(config_fp: str, code_version: str) -> str:

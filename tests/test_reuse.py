@@ -102,4 +102,4 @@ def test_reuse_across_code_versions_only_when_asked(compose_cfg, sms_copy, studi
 
 def test_reuse_must_be_a_known_mode(compose_cfg):
     with pytest.raises(ConfigError, match=r"trainer\.reuse must be one of same_version, any_version, off, but got"):
-        check_config(compose_cfg("model=tiny", "trainer.reuse=always"), n_layer=2)
+        check_config(compose_cfg("model=tiny", "trainer.reuse=always"))
