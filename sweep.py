@@ -20,10 +20,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
 from sweeper import isolated_job, set_config_check
+from tasks.config.checks import check_config
+from tasks.config.cli import run_hydra_app
 from tasks.judge import JudgeUnavailableError
-from tasks.settings import check_config
 from tasks.train.errors import NonFiniteLossError, TrialOutOfMemoryError
 from tasks.train.trial import run_trial
 
@@ -66,4 +66,4 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main)  # a command line that does not compose: one line naming each bad key or option

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from tasks.settings import ConfigError, check_config
+from tasks.config.checks import ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -44,6 +44,12 @@ def at(cfg: Any, path: tuple[str, ...]) -> Any:
     return node
 
 
+def package_of(group: str, option: str) -> str:
+    from tasks.config.options import package_of
+
+    return package_of(group, option)
+
+
 def file_content(group: str, option: str) -> tuple[tuple[str, ...], dict[tuple[str, ...], Any]]:
     """Where the option's keys land (its `@package`, else the group path) and its own leaves."""
     path = CONF / group / f"{option}.yaml"
@@ -60,15 +66,16 @@ def file_content(group: str, option: str) -> tuple[tuple[str, ...], dict[tuple[s
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_selected_with_its_own_values_in_place(group, option, compose_cfg):
-    cfg = compose_cfg(f"{group}={option}")
+    extra = ["task.path=."] if option == "text_classification" else []  # your own data: no default file
+    cfg = compose_cfg(f"{group}={option}", *extra)
     assert cfg.hydra.runtime.choices[group] == option
     package, values = file_content(group, option)
     if group in ("experiment", "hparams_search"):  # presets over the whole config, not a node of their own
         assert package == (), f"conf/{group}/{option}.yaml must start with `# @package _global_`"
     for key, value in values.items():
         where = ".".join((*package, *key))
-        if isinstance(value, str) and INTERPOLATION.search(value):
-            continue  # resolved at run time, e.g. ${task.name}
+        if (isinstance(value, str) and INTERPOLATION.search(value)) or f"{where}=." in extra:
+            continue  # resolved at run time, e.g. ${task.name}; or set above
         composed = at(cfg, (*package, *key))
         if OmegaConf.is_config(composed):
             composed = OmegaConf.to_container(composed, resolve=False)
@@ -79,6 +86,38 @@ def test_every_option_composes_selected_with_its_own_values_in_place(group, opti
         )
     if group not in ("hydra", "hydra/launcher"):
         check_config(cfg)
+        assert_composed_against_its_schema(cfg, group, option)
+
+
+def assert_composed_against_its_schema(cfg: DictConfig, group: str, option: str) -> None:
+    """Typed by the schemas, every key of them given a value, no key they lack."""
+    from tasks.config.keys import unknown_keys
+    from tasks.config.schema import SCHEMAS
+
+    assert OmegaConf.get_type(cfg) is SCHEMAS["schema_config"]
+    node = package_of(group, option)
+    if node in cfg and OmegaConf.is_dict(cfg[node]):
+        kind = OmegaConf.get_type(cfg[node])
+        assert kind.__module__ == "tasks.config.schema", f"conf/{group}/{option}.yaml has no schema, but got {kind}"
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    assert not OmegaConf.missing_keys(job), f"conf/ gives no value to {sorted(OmegaConf.missing_keys(job))}"
+    assert unknown_keys(cfg) == []
+
+
+def test_the_schemas_hold_types_only_and_conf_the_defaults():
+    """A default is written once: in conf/ (with its comment), never again in a schema or a task class."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    from tasks import TASKS
+    from tasks.config.schema import SCHEMAS
+
+    for name, schema in SCHEMAS.items():
+        for f in fields(schema):
+            if f.default_factory is not MISSING:  # a nested node: its own schema, itself without defaults
+                assert is_dataclass(f.default_factory()), f"{name}.{f.name}"
+            else:
+                assert f.default == "???", f"{name}.{f.name} declares a default ({f.default!r}); conf/ holds it"
+    assert not any(hasattr(task, "defaults") for task in TASKS.values())
 
 
 def test_the_defaults_are_the_documented_first_run(compose_cfg):

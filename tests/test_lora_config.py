@@ -9,7 +9,7 @@ import optuna
 import pytest
 from helpers import run_sweep_py
 
-from tasks.settings import ConfigError, check_config
+from tasks.config.checks import ConfigError, check_config
 
 
 def lean(shared_data: Path, tmp_path: Path) -> list[str]:
@@ -84,8 +84,8 @@ def test_each_lora_method_preset_sets_the_four_keys_that_make_it(method, compose
 
 
 def test_the_order_targets_are_written_in_changes_neither_fingerprint_nor_summary(compose_cfg):
-    from tasks.settings import config_fingerprint
     from tasks.train.record import summary
+    from tasks.train.reuse import config_fingerprint
 
     qv, vq = compose_cfg("lora.targets=[q,v]"), compose_cfg("lora.targets=[v,q]")
     assert config_fingerprint(qv, "data") == config_fingerprint(vq, "data")

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tasks.settings import ConfigError, check_config
+from tasks.config.checks import ConfigError, check_config
 from tasks.train.trial import run_trial
 
 
@@ -73,7 +73,7 @@ def test_a_changed_data_file_trains_again_and_the_same_data_is_reused(compose_cf
 
 def test_reuse_across_code_versions_only_when_asked(compose_cfg, sms_copy, studies):
     """A twin recorded by another version of the code is reused under trainer.reuse=any_version only."""
-    from tasks.settings import result_fingerprint
+    from tasks.train.reuse import result_fingerprint
 
     reference, recorded = studies("reference")(compose_cfg, *sms_args(sms_copy))
     assert reference["result_fingerprint"] == result_fingerprint(

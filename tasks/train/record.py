@@ -17,11 +17,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from common.files import write_atomic
-from tasks.settings import lora_targets_label
 from tasks.train.costs import machine, machine_load, steady_state
 from tasks.train.loop import FitState
 from tasks.train.objective import Objective
-from tasks.train.reuse import fingerprints
+from tasks.train.reuse import fingerprints, lora_targets_label
 from tasks.train.runtime import PeakMemory, Runtime, code_version
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from tasks import Task, TaskData, get_task
-from tasks.settings import check_config
+from tasks.config.checks import check_config
 from tasks.train.build import build_model, model_preset
 from tasks.train.costs import machine_load
 from tasks.train.errors import out_of_memory_names_settings
