@@ -91,3 +91,15 @@ def test_the_order_targets_are_written_in_changes_neither_fingerprint_nor_summar
     assert config_fingerprint(qv, "data") == config_fingerprint(vq, "data")
     assert config_fingerprint(qv, "data") != config_fingerprint(compose_cfg("lora.targets=[q,k]"), "data")
     assert summary(qv)["lora_targets"] == summary(vq)["lora_targets"] == "q,v"
+
+
+@pytest.mark.slow
+def test_a_swept_lora_value_the_model_refuses_stops_the_sweep_before_any_trial(shared_data, tmp_path):
+    proc = run_sweep_py(
+        *lean(shared_data, tmp_path), "lora.variant=lora,vera", "lora.targets=[q],[qkv,q]", cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0
+    (line,) = [ln for ln in proc.stderr.splitlines() if "must pass the app's config check" in ln]
+    assert "but got lora.variant=vera: lora.variant must be one of lora, dora" in line
+    assert "lora.targets=[qkv,q]: lora.targets must adapt each projection once" in line
+    assert not list(tmp_path.rglob("metrics.json")), "no trial ran"
