@@ -53,6 +53,8 @@ def test_alpaca_report(shared_data: Path, capsys: pytest.CaptureFixture[str]) ->
             r"^error: task must be one of ag_news, alpaca, sms_spam, sst2, text_classification, but got task=imdb",
         ),
         (["task=sst2", "task.truncation_side=up"], r"truncation_side must be one of right, left"),
+        (["task=sst2", "task.max_lenght=64"], r"^error: .*, but got task.max_lenght=64 \(did you mean task.max_length"),
+        (["task=sst2", "+trainer.lr=1"], r"^error: every key .*, but got trainer.lr=1 \(did you mean optim.lr\?\)$"),
     ],
 )
 def test_bad_input_exits_1_with_one_line(
