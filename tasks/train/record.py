@@ -154,14 +154,17 @@ def log_done(result: Mapping[str, Any], objective: Objective, out: Path) -> None
     """The trial's one-line summary."""
     value = result["objective"]["value"]
     values = value if isinstance(value, list) else [value]
+    # a run too short for a step after warm-up has no steady-state figure: say so rather than print 0
+    speed = result["tokens_per_s"]
+    speed_text = f"{speed:.0f} tokens/s" if speed is not None else "tokens/s unmeasured (no step after warm-up)"
     log.info(
-        "trial done: %s (best step %s of %d) · %.2f%% trainable · peak %.0f MB · %.0f tokens/s · %.1fs → %s",
+        "trial done: %s (best step %s of %d) · %.2f%% trainable · peak %.0f MB · %s · %.1fs → %s",
         ", ".join(f"{n}={v:.4g}" for n, v in zip(objective.names, values, strict=True)),
         result["metrics"]["best_step"],
         result["steps"],
         result["trainable_pct"],
         result["peak_memory_mb"],
-        result["tokens_per_s"] or 0,
+        speed_text,
         result["wall_time_s"],
         out / METRICS_FILE,
     )
