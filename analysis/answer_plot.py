@@ -3,7 +3,7 @@
 LoRA configurations (rank, and variant or targets where the study varies them) are points with their best trial,
 interval bars when confirmation runs exist; the other LoRA trials are faint dots. Full fine-tuning is a band: its
 95% interval when confirmed, else its value ± the "matches" margin, so a LoRA point inside the band matches it.
-The baseline (always the majority class) is a dotted line.
+The references are lines: always the majority class dotted, the untouched model (before training) dash-dotted.
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ def _panel(ax: Axes, group: pd.DataFrame, runs: pd.DataFrame, verdict: Verdict |
         _lora_points(ax, lora, runs, direction)
     if verdict is not None and verdict.baseline is not None:
         ax.axhline(verdict.baseline.value, color=palette.BASELINE_COLOR, linestyle=":", label=verdict.baseline.name)
+    if verdict is not None and verdict.untouched is not None:
+        ax.axhline(verdict.untouched.value, color=palette.BASELINE_COLOR, linestyle="-.", label=verdict.untouched.name)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.1)  # room for the labels beside the points at the edges
     ax.set_xlabel("trainable parameters (log scale)")
