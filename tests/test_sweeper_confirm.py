@@ -324,3 +324,10 @@ def test_two_workers_with_two_joblib_slots_each_run_every_confirmation_once(tmp_
     assert all(ts[0].state == TrialState.COMPLETE for ts in runs.values())
     unrun = [t for t in study.trials if is_not_run(t)]
     assert all(t.state == TrialState.FAIL for t in unrun), "only races leave trials closed unrun"
+
+
+@pytest.mark.parametrize("experiment", ["sms_spam_report", "sst2_report", "ag_news_report", "alpaca_report"])
+def test_the_report_experiments_confirm_with_three_seeds(compose_cfg, experiment):
+    sweeper = compose_cfg(f"experiment={experiment}").hydra.sweeper
+    settings = confirm_settings(dict(sweeper.confirm))
+    assert settings == ConfirmSettings(seeds=3, top_k=1, group_by=("task", "model", "finetune", "lora.rank"))
