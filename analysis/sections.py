@@ -82,11 +82,12 @@ class Sections:
     def scope(self) -> str:
         """ "From 8 trials in 1 study (sms-tiny): 4 complete, 2 reused a twin's result (counted once), ..." """
         df = self.df
-        state = df["state"].where(~(tables.is_duplicate(df) & (df["state"] == "COMPLETE")), "REUSED")
+        state = tables.shown_states(df).str.upper()
         counts = state.value_counts()
         words = {
             "COMPLETE": "complete",
             "REUSED": "reused a finished twin's result (counted once)",
+            "CONFIRMATION": "confirmation runs (the chosen configurations with fresh seeds)",
             "PRUNED": "pruned",
             "FAIL": "failed",
             "RUNNING": "running",

@@ -154,14 +154,25 @@ def knob_effects(df: pd.DataFrame, knob: Knob) -> pd.DataFrame:
     return table.sort_values([*TASK_KEYS, "finetune", "_key"])[columns].reset_index(drop=True)
 
 
-def state_counts(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials per study and state (COMPLETE, PRUNED, FAIL, ...), with a total.
+def is_confirmation(df: pd.DataFrame) -> pd.Series:
+    """True for confirmation runs (user attribute phase="confirm")."""
+    return df[PHASE_ATTR].eq(CONFIRM_PHASE) if PHASE_ATTR in df else pd.Series(False, index=df.index)
 
-    A complete trial that reused a twin's result counts under `reused`, not COMPLETE: it trained nothing.
-    """
-    state = df["state"].where(~(is_duplicate(df) & (df["state"] == "COMPLETE")), "reused")
+
+def shown_states(df: pd.DataFrame) -> pd.Series:
+    """A trial's state as the report counts it: a complete trial that reused a twin's result is `reused` (it trained
+    nothing), a complete confirmation run is `confirmation` (not a search trial)."""
+    done = df["state"] == "COMPLETE"
+    state = df["state"].where(~(is_duplicate(df) & done), "reused")
+    return state.where(~(is_confirmation(df) & done), "confirmation")
+
+
+def state_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials per study and state (COMPLETE, PRUNED, FAIL, ...), with a total; reused results and complete
+    confirmation runs have columns of their own (`shown_states`)."""
+    state = shown_states(df)
     counts = pd.crosstab(df["study"], state) if not df.empty else pd.DataFrame()
-    order = [*STATES[:1], "reused", *STATES[1:]]
+    order = [*STATES[:1], "reused", "confirmation", *STATES[1:]]
     states = [s for s in order if s in counts] + [s for s in counts if s not in order]
     counts = counts.reindex(columns=states, fill_value=0)
     counts["total"] = counts.sum(axis=1)

@@ -106,8 +106,11 @@ def test_confirmed_throughput_whose_seed_interval_contains_no_change_is_within_n
         for seed, speed in enumerate(speeds):
             confirm = {"phase": "confirm", "confirms": number, "seed": 1000 + seed, "tokens_per_s": speed}
             sms_trial(study, finetune, 0.95 + 0.001 * seed, **confirm)
-    (verdict,) = verdicts_from_frame(frame_of(url))
+    frame = frame_of(url)
+    (verdict,) = verdicts_from_frame(frame)
     assert verdict.confirmed
+    counts = tables.state_counts(frame).iloc[0]
+    assert (counts["COMPLETE"], counts["confirmation"], counts["total"]) == (2, 6, 8), "runs apart from the search"
     assert "Throughput: tokens/s within noise (the seeds' 95% interval contains no change)." in (
         answer.verdict_line(verdict).details
     )
