@@ -5,6 +5,8 @@ marked, and the judge section reads val_judge_mean (search) and test_judge_mean 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -18,7 +20,7 @@ from test_analysis import _record
 from analysis import answer, answer_plot, tables
 from analysis.load import load_studies, open_storage, trials_frame
 from analysis.report import main
-from analysis.verdicts import UNTOUCHED, Margin, confirmation_runs, verdicts_from_frame
+from analysis.verdicts import UNTOUCHED, Baseline, Margin, confirmation_runs, verdicts_from_frame
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -144,6 +146,13 @@ def test_a_run_below_the_untouched_model_is_flagged_and_the_picture_draws_both_r
     labels = ax.get_legend_handles_labels()[1]
     plt.close(fig)
     assert UNTOUCHED in labels and 'always answering "ham" (the majority class)' in labels
+    far = replace(verdict, objective="val_perplexity", untouched=Baseline(UNTOUCHED, 50_000.0))
+    fig, ax = plt.subplots()
+    answer_plot._panel(ax, done, confirmation_runs(frame), far, Margin())
+    labels = ax.get_legend_handles_labels()[1]
+    high = ax.get_ylim()[1]
+    plt.close(fig)
+    assert f"{UNTOUCHED}: 50,000, off the chart" in labels and high < 2, "a random model's perplexity: named, not drawn"
 
 
 def test_the_judge_section_reads_validation_figures_and_the_confirmation_runs_test_figures(tmp_path):
