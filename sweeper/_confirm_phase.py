@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ConfirmPhase:
+    """What the sweeper hands the phase: the study, its settings and search space, and how to compose, prepare and
+    launch a job (the search's own)."""
+
     study: optuna.Study
     settings: Settings
     space: SearchSpace
@@ -51,8 +54,7 @@ class ConfirmPhase:
         if other:
             log.info("Confirmation leaves out trials %s: they ran with other fixed settings or search space", other)
         maximize = self.study.direction == optuna.study.StudyDirection.MAXIMIZE
-        chosen = choose(found, confirm, maximize, self._describe)
-        return chosen
+        return choose(found, confirm, maximize, self._describe)
 
     def _describe(self, trial: optuna.trial.FrozenTrial) -> tuple[dict[str, Any], Any]:
         config = self.compose(trial)
