@@ -21,9 +21,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
-from sweeper import isolated_job, set_config_check
+from sweeper import isolated_job, set_config_check, set_inactive_keys
 from tasks.judge import JudgeUnavailableError
-from tasks.settings import check_config
+from tasks.settings import check_config, inactive_nodes
 from tasks.train.errors import NonFiniteLossError, TrialOutOfMemoryError
 from tasks.train.trial import run_trial
 
@@ -49,6 +49,7 @@ def check_trial_config(cfg: DictConfig) -> None:
 
 
 set_config_check(check_trial_config)
+set_inactive_keys(inactive_nodes)  # confirmation groups: lora.rank does not split full fine-tuning trials
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -12,6 +12,8 @@ finite search space under any other sampler (`sweeper._finite`): `lora.rank=4,8,
 A trial of a dead worker (heartbeat-stale) becomes FAIL, which frees its place, and its retry is queued as
 WAITING, which takes it: the study ends with n_trials COMPLETE (or PRUNED) trials plus the FAIL. Queued trials
 are run even when the count says the budget is spent, since they hold their place already.
+
+Confirmation runs (`sweeper._confirm`) are not counted: they come after the search and have a plan of their own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper._finite import DISCARDED_ATTR, FiniteSpace
 from sweeper._optuna_private import GRID_ID_ATTR, GRID_SPACE_ATTR, retry_history, study_storage, trial_id
 from sweeper._outcome import tell
+from sweeper._phase import search_trials
 
 USED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 NOT_RUN = "not run: the study's n_trials budget was already taken by trials of other workers"
@@ -45,7 +48,7 @@ class Budget:
 
     @staticmethod
     def _trials(study: optuna.Study) -> list[FrozenTrial]:
-        return study.get_trials(deepcopy=False)
+        return search_trials(study.get_trials(deepcopy=False))
 
     def used(self, study: optuna.Study) -> int:
         return sum(t.state in USED for t in self._trials(study))
