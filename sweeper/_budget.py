@@ -42,9 +42,13 @@ class Budget:
             self.n_grid = (self.n_grid or 1) * len(values)
         self.requested = n_trials
         self.n_trials = n_trials if self.n_grid is None else min(n_trials, self.n_grid)
-        self.finite = finite
-        if finite is not None:
-            self.n_trials = min(self.n_trials, finite.n_points)
+        self.finite = finite  # caps the trials still to run by the free points, not the study's total
+
+    @property
+    def in_effect(self) -> int:
+        """The trials this command can run at most: n_trials, or fewer for a grid or a finite space (what failure
+        rates and progress count against)."""
+        return self.n_trials if self.finite is None else min(self.n_trials, self.finite.n_points)
 
     @staticmethod
     def _trials(study: optuna.Study) -> list[FrozenTrial]:

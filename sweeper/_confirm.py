@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper._budget import is_not_run
 from sweeper._confirm_settings import ConfirmSettings
 from sweeper._phase import search_trials
+from sweeper._recorded import same_settings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 SEED_KEY = "trainer.seed"
 PHASE_KEY = "trainer.phase"
 CONFIRMS_KEY = "trainer.confirms"
-FIXED_ATTR = "lorasweep:fixed"  # trial system attribute: the fixed settings it ran with (`SearchSpace.recorded`)
 
 InactiveKeys = Callable[[Any], Iterable[str]]
 _inactive: InactiveKeys | None = None
@@ -104,10 +104,7 @@ def candidates(
     for t in search_trials(trials):
         if t.state != TrialState.COMPLETE or is_not_run(t) or t.user_attrs.get("duplicate_of") is not None:
             continue
-        ran_with = t.system_attrs.get(FIXED_ATTR)
-        if ran_with is None:  # a trial of an older sweep: its fixed values as user attributes
-            ran_with = {k: t.user_attrs.get(k) for k in fixed}
-        if dict(ran_with) != dict(fixed) or not params <= set(t.params):
+        if not same_settings(t, fixed) or not params <= set(t.params):
             other.append(t.number)
             continue
         config = t.user_attrs.get("config_fingerprint") or repr(sorted(t.params.items()))

@@ -318,7 +318,7 @@ class TrialLoop:
             return
         trials = search_trials(self._db(lambda: self.study.get_trials(deepcopy=False), "counting the study's trials"))
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        progress = f"[{done}/{self.budget.n_trials if self.budget else '?'}]"
+        progress = f"[{done}/{self.budget.in_effect if self.budget else '?'}]"
         if outcome.state == TrialState.PRUNED:
             log.info("%s trial %d PRUNED", progress, number)
             return

@@ -17,7 +17,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sweeper._budget import Budget
-from sweeper._confirm import FIXED_ATTR, SEED_KEY, confirm_overrides
+from sweeper._confirm import SEED_KEY, confirm_overrides
 from sweeper._confirm_phase import ConfirmPhase
 from sweeper._finite import DistinctPointSampler, FiniteSpace
 from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
@@ -27,7 +27,7 @@ from sweeper._optuna_private import study_storage, trial_id
 from sweeper._phase import SearchOnlySampler, confirmation_of
 from sweeper._preflight import preflight, preflight_confirmation, registered_check
 from sweeper._pruners import GROUP_ATTR, GROUP_BY, GroupedPruner, build_pruner, group_values, pruner_name
-from sweeper._recorded import check_or_record
+from sweeper._recorded import TRIAL_FIXED_ATTR, check_or_record
 from sweeper._results import report, summarize, write_results
 from sweeper._samplers import build_sampler, sampler_class, sampler_name
 from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
@@ -81,7 +81,7 @@ class OptunaSweeper:
         loop = self._search(study, space, budget, storage_url, n_workers)
         while phase is not None and loop.stop_reason is None and phase.search_waits():
             loop = self._search(study, space, budget, storage_url, n_workers)  # a dead worker's trial, queued again
-        if budget.exhausted(study) and budget.n_trials < budget.requested:
+        if budget.exhausted(study) and budget.finite is not None and budget.finite.n_points < budget.requested:
             assert budget.finite is not None
             log.info(
                 "All %d points of the search space (%s) have run, each once: the sweep stops short of n_trials=%d.",
@@ -101,7 +101,7 @@ class OptunaSweeper:
             number, reason = loop.last_failure
             last = " ".join(reason.split())
             total = getattr(loop.source, "total", 0)
-            what = f"{total} confirmation runs" if loop.source is not None else f"n_trials={budget.n_trials}"
+            what = f"{total} confirmation runs" if loop.source is not None else f"n_trials={budget.in_effect}"
             raise SweepError(
                 f"The sweep stopped early: {loop.stop_reason} (max_failure_rate={s.max_failure_rate}, "
                 f"{what}). Last failure, trial {number}: {last[:500]} "
@@ -119,7 +119,7 @@ class OptunaSweeper:
             prepare=lambda trial: self._prepare(trial, space, study.study_name),
             launch=self._launch,
             n_workers=n_workers,
-            failures_allowed=failures_allowed(s, budget.n_trials),
+            failures_allowed=failures_allowed(s, budget.in_effect),
             heartbeat=Heartbeat(study, s.grace_s or 0),
             reconnect_timeout=s.reconnect_timeout,
             storage_name=mask_url(storage_url),
@@ -174,10 +174,11 @@ class OptunaSweeper:
                 f"The study's storage must be a database this worker can open, but got storage={mask_url(storage_url)} "
                 f"({first_line(e)})."
             ) from None
-        check_or_record(study, space, extend=s.extend_study)
+        check_or_record(study, space, extend=s.extend_study, grid=n_grid is not None)
         if storage_url is None:
             register_local_study(study)
-        finite = FiniteSpace.of(space) if n_grid is None and self.custom_search_space is None else None
+        plain = n_grid is None and self.custom_search_space is None
+        finite = FiniteSpace.of(space, space.recorded()) if plain else None
         if finite is not None:
             sampler = study.sampler = DistinctPointSampler(study.sampler, finite, s.sampler.get("seed"))
         sampler = study.sampler = SearchOnlySampler(study.sampler)  # blind to confirmation runs (sweeper._phase)
@@ -192,7 +193,7 @@ class OptunaSweeper:
         its search trial's, with the confirmation seed and phase)."""
         for name, value in space.recorded().items():
             trial.set_user_attr(name, value)
-        study_storage(trial.study).set_trial_system_attr(trial_id(trial), FIXED_ATTR, space.recorded())
+        study_storage(trial.study).set_trial_system_attr(trial_id(trial), TRIAL_FIXED_ATTR, space.recorded())
         names = self.settings.metric_names
         if names:
             trial.set_user_attr("objective_name", names[0] if len(names) == 1 else names)

@@ -17,12 +17,13 @@ from optuna.trial import TrialState
 from test_sweeper_sweeps import app_command, app_env, load, run_app
 
 from sweeper._budget import Budget, is_not_run
-from sweeper._confirm import FIXED_ATTR, Chosen, candidates, choose, confirm_overrides, runs_of
+from sweeper._confirm import Chosen, candidates, choose, confirm_overrides, runs_of
 from sweeper._confirm_runs import LOST_RACE, ConfirmSource, missing
 from sweeper._confirm_settings import ConfirmSettings, confirm_settings
 from sweeper._heartbeat import RetryStaleTrial
 from sweeper._outcome import tell
 from sweeper._phase import SearchOnlyPruner, SearchOnlySampler, confirmation_of
+from sweeper._recorded import TRIAL_FIXED_ATTR as FIXED_ATTR
 from sweeper._settings import build_settings
 from sweeper._storage import open_storage, open_study
 
