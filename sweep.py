@@ -20,11 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import isolated_job, set_config_check
+from sweeper import isolated_job, set_config_check, set_inactive_keys
 from tasks.config.checks import check_config
 from tasks.config.cli import run_hydra_app
 from tasks.judge import JudgeUnavailableError
 from tasks.train.errors import NonFiniteLossError, TrialOutOfMemoryError
+from tasks.train.reuse import inactive_nodes
 from tasks.train.trial import run_trial
 
 log = logging.getLogger("lorasweep")
@@ -47,6 +48,7 @@ def check_trial_config(cfg: DictConfig) -> None:
 
 
 set_config_check(check_trial_config)
+set_inactive_keys(inactive_nodes)  # confirmation groups: lora.rank does not split full fine-tuning trials
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -67,17 +67,40 @@ OBJECTIVE_LABELS = {
     "val_loss": "validation loss (nats per token)",
     "perplexity": "validation perplexity (lower is better)",
     "val_perplexity": "validation perplexity (lower is better)",
-    "judge": "LLM judge score (0-100)",
+    "judge": "LLM judge score on validation prompts (0-100)",
     "judge_mean": "LLM judge score (0-100)",
-    "rouge_l": "ROUGE-L F1 (0-1)",
+    "val_judge_mean": "LLM judge score on validation prompts (0-100)",
+    "test_judge_mean": "LLM judge score on test prompts (0-100)",
+    "rouge_l": "ROUGE-L F1 on validation prompts (0-1)",
+    "val_rouge_l": "ROUGE-L F1 on validation prompts (0-1)",
     "trainable_params": "trainable parameters (count)",
     "peak_memory_mb": "peak memory (MB)",
 }
 
 # objectives on a 0-1 scale: a difference reads in points (0.01 = 1 point), the "matches" margin is absolute
 FRACTION_OBJECTIVES = frozenset(
-    {"accuracy", "val_accuracy", "test_accuracy", "macro_f1", "val_macro_f1", "test_macro_f1", "rouge_l", "exact_match"}
+    {
+        *("accuracy", "val_accuracy", "test_accuracy", "macro_f1", "val_macro_f1", "test_macro_f1"),
+        *("rouge_l", "val_rouge_l", "test_rouge_l", "exact_match", "val_exact_match", "test_exact_match"),
+    }
 )
+
+# objective name (the study's metric name) -> the metrics.json key it is measured as (tasks.metrics.OBJECTIVES);
+# any other name is a metrics key itself. Every objective is a validation figure: test data never steers a search.
+OBJECTIVE_KEYS = {
+    "accuracy": "val_accuracy",
+    "macro_f1": "val_macro_f1",
+    "loss": "val_loss",
+    "perplexity": "val_perplexity",
+    "judge": "val_judge_mean",
+    "rouge_l": "val_rouge_l",
+}
+
+
+def objective_key(name: str) -> str:
+    """The metrics key of an objective: `accuracy` -> `val_accuracy`; a key stays itself."""
+    return OBJECTIVE_KEYS.get(name, name)
+
 
 # LoRA settings that make a different adapter (not a tuning knob): the report tells LoRA configurations apart by
 # whichever of them a study records; sweep params `lora.<name>` count when no user attribute `lora_<name>` exists.
@@ -124,3 +147,11 @@ def lora_variant_keys(columns: object) -> list[str]:
 def objective_label(name: str) -> str:
     """Axis label for an objective, with its unit where known."""
     return OBJECTIVE_LABELS.get(name, name)
+
+
+def split_key(name: str, split: str) -> str | None:
+    """The same metric on another split (`accuracy`, "test" -> `test_accuracy`); None when the objective is no
+    split's metric. The test figure is shown only for a trial chosen on validation (and its confirmation runs),
+    never used to choose."""
+    key = objective_key(name)
+    return f"{split}_" + key.removeprefix("val_") if key.startswith("val_") else None

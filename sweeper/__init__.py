@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sweeper._confirm import set_inactive_keys
     from sweeper._grammar import SearchSpace, parse_search_space
     from sweeper._isolation import isolated_job
     from sweeper._preflight import set_config_check
@@ -31,6 +32,7 @@ _LAZY = {
     "isolated_job": "sweeper._isolation",
     "parse_search_space": "sweeper._grammar",
     "set_config_check": "sweeper._preflight",
+    "set_inactive_keys": "sweeper._confirm",
     "user_attrs_from_metrics": "sweeper._trial",
 }
 
@@ -43,6 +45,7 @@ __all__ = [
     "isolated_job",
     "parse_search_space",
     "set_config_check",
+    "set_inactive_keys",
     "user_attrs_from_metrics",
 ]
 

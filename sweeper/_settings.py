@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.errors import CompactHydraException
@@ -19,13 +19,14 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
+from sweeper._confirm_settings import ConfirmSettings, confirm_settings
 from sweeper._storage import STORAGE_SCHEMES, mask_url, url_scheme
 
 DIRECTIONS = ("minimize", "maximize")
 # several workers: heartbeats, stale trials, reconnection (keys hydra-optuna-sweeper does not have)
 LIVENESS_KEYS = ("heartbeat_interval", "grace_period", "max_retry", "reconnect_timeout")
 # other keys hydra-optuna-sweeper does not have: a config written for it lacks them, so they take their defaults
-OWN_KEYS = (*LIVENESS_KEYS, "extend_study", "check")
+OWN_KEYS = (*LIVENESS_KEYS, "extend_study", "check", "confirm")
 KEYS = (
     "sampler",
     "pruner",
@@ -42,6 +43,7 @@ KEYS = (
     "custom_search_space",
     "check",
     *LIVENESS_KEYS,
+    "confirm",
 )
 
 
@@ -68,6 +70,7 @@ class Settings:
     grace_period: int | None
     max_retry: int | None
     reconnect_timeout: float
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
 
     @property
     def multi_objective(self) -> bool:
@@ -101,7 +104,7 @@ def build_settings(**raw: Any) -> Settings:
     cfg = {key: _plain(raw.get(key)) for key in KEYS}
     for key in OWN_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
         if key not in raw:
-            cfg[key] = getattr(LorasweepSweeperConf, key)
+            cfg[key] = getattr(LorasweepSweeperConf, key, None)
 
     direction = cfg["direction"]
     directions = [direction] if isinstance(direction, str) else direction
@@ -161,6 +164,12 @@ def build_settings(**raw: Any) -> Settings:
             )
 
     _check_liveness(cfg)
+    confirm = confirm_settings(cfg["confirm"])
+    if confirm.enabled and len(directions) > 1:
+        raise ValueError(
+            "`confirm.seeds` needs a single objective to rank configurations by, but got "
+            f"confirm.seeds={confirm.seeds} with direction={directions}; set confirm.seeds=0."
+        )
 
     for group in ("sampler", "pruner"):
         node = cfg[group]
@@ -188,6 +197,7 @@ def build_settings(**raw: Any) -> Settings:
         grace_period=cfg["grace_period"],
         max_retry=cfg["max_retry"],
         reconnect_timeout=float(cfg["reconnect_timeout"]),
+        confirm=confirm,
     )
 
 

@@ -41,6 +41,18 @@ def find_twin(trial: Any, cfg: DictConfig, data_info: Mapping[str, Any]) -> Any:
     return trial.find_complete(attr, fingerprints(cfg, data_info)[attr])
 
 
+def inactive_nodes(cfg: DictConfig) -> list[str]:
+    """The config nodes a trial ignores: LoRA's settings under full fine-tuning, the judge for a task that generates
+    nothing. Two configs that differ only there train the same model (`config_fingerprint`), and the sweeper's
+    confirmation groups leave them out (full fine-tuning trials of any `lora.rank` are one group)."""
+    nodes = []
+    if cfg.finetune.mode != "lora":
+        nodes.append("lora")
+    if cfg.task.name != "alpaca":
+        nodes.append("judge")
+    return nodes
+
+
 def config_fingerprint(cfg: DictConfig, data_fingerprint: str | None) -> str:
     """A short hash of everything that decides what a trial computes, except the code: the config and the data.
 
@@ -57,12 +69,10 @@ def config_fingerprint(cfg: DictConfig, data_fingerprint: str | None) -> str:
     config.pop("hydra", None)
     for key in NOT_IN_FINGERPRINT:
         config.get("trainer", {}).pop(key, None)
-    if cfg.finetune.mode != "lora":
-        config.pop("lora", None)
-    else:  # [v, q] and [q, v] are the same adapters
+    for node in inactive_nodes(cfg):
+        config.pop(node, None)
+    if "lora" in config:  # [v, q] and [q, v] are the same adapters
         config["lora"]["targets"] = lora_targets_label(cfg.lora.targets).split(",")
-    if cfg.task.name != "alpaca":
-        config.pop("judge", None)
     config["data_fingerprint"] = data_fingerprint
     blob = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
