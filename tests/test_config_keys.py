@@ -29,8 +29,16 @@ from tasks.config.keys import override_problems, unknown_keys
             ["trainer.lr=1", "model=tinny", "lora.rnak=3", "trainer.batch_size=8"],
             ["trainer.lr=1 (did you mean optim.lr?), lora.rnak=3 (did you mean lora.rank?)", "but got model=tinny"],
         ),
+        # the sweeper's own keys: the nearest of the same node
+        (
+            ["-m", "hydra.sweeper.n_trails=3", "lora.rank=4,8"],
+            [
+                "every key of hydra.sweeper must be one it has, but got hydra.sweeper.n_trails=3 (did you mean "
+                "hydra.sweeper.n_trials?)"
+            ],
+        ),
     ],
-    ids=["key", "added-key", "added-group", "option", "sweep", "several"],
+    ids=["key", "added-key", "added-group", "option", "sweep", "several", "sweeper-key"],
 )
 def test_sweep_py_refuses_in_one_line_naming_the_key_and_the_nearest_real_one(args, named, tmp_path: Path):
     proc = run_sweep_py(

@@ -116,9 +116,13 @@ def schema_problem(error: OmegaConfBaseException, given: Any = None, prefix: str
     key = prefix + inner
     if given is not None:
         value = OmegaConf.select(OmegaConf.create(given), inner, default=None)
-    if isinstance(error, ConfigKeyError) or "not in" in str(error).split("\n")[0]:
-        return f"{UNKNOWN}, but got {unknown(key, value)}"
     parent = getattr(error, "object_type", None)
+    if isinstance(error, ConfigKeyError) or "not in" in str(error).split("\n")[0]:
+        if key.startswith("hydra.") and parent is not None and is_dataclass(parent):  # e.g. the sweeper's keys
+            node = key.rsplit(".", 1)[0]
+            near = suggest(key, within=[f"{node}.{f.name}" for f in fields(parent)])
+            return f"every key of {node} must be one it has, but got {key}={_text(value)}{near}"
+        return f"{UNKNOWN}, but got {unknown(key, value)}"
     if isinstance(error, ValidationError) and parent is not None and is_dataclass(parent):
         return f"{key} must be {expected_type(parent, key.rsplit('.', 1)[-1])}, but got {key}={_text(value)}"
     return " ".join(str(error).split())
