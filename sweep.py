@@ -20,11 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
 from sweeper import isolated_job, set_config_check, set_inactive_keys
+from tasks.config.checks import check_config
+from tasks.config.cli import run_hydra_app
 from tasks.judge import JudgeUnavailableError
-from tasks.settings import check_config, inactive_nodes
 from tasks.train.errors import NonFiniteLossError, TrialOutOfMemoryError
+from tasks.train.reuse import inactive_nodes
 from tasks.train.trial import run_trial
 
 log = logging.getLogger("lorasweep")
@@ -43,9 +44,7 @@ USER_ERRORS = (
 def check_trial_config(cfg: DictConfig) -> None:
     """The sweeper calls this with the composed config of every swept value before the first trial, so
     `lora.rank=4,0` is refused before rank 4 trains. Raises ValueError (one line)."""
-    from model import GPTConfig
-
-    check_config(cfg, n_layer=GPTConfig.from_preset(cfg.model.preset).n_layer)
+    check_config(cfg)
 
 
 set_config_check(check_trial_config)
@@ -69,4 +68,4 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main)  # a command line that does not compose: one line naming each bad key or option

@@ -45,6 +45,8 @@ EXPECTED = (
     "model",
     "finetune",
     "lora_rank",
+    "lora_method",
+    "lora_targets",
     "freeze_blocks",
     "lr",
     "batch_size",

@@ -34,6 +34,13 @@ class Knob:
 KNOBS: tuple[Knob, ...] = (
     Knob("lora_rank", ("lora.rank",), "LoRA rank r (adapter width)"),
     Knob("lora_alpha", ("lora.alpha",), "LoRA alpha (scale = alpha / r)"),
+    Knob(
+        "lora_method",
+        ("lora_method", "lora.variant", "lora.init", "lora.rslora", "lora.lr_ratio"),
+        "LoRA method (lora, rslora, dora, pissa, lora+)",
+        categorical=True,
+    ),
+    Knob("lora_targets", ("lora.targets",), "LoRA targets (adapted projections)", categorical=True),
     Knob("freeze_blocks", ("freeze.blocks",), "frozen transformer blocks (count)"),
     Knob("model", ("model",), "GPT-2 size (preset)", categorical=True),
     Knob("lr", ("optim.lr",), "peak learning rate (log scale)", log=True),
@@ -96,13 +103,19 @@ def objective_key(name: str) -> str:
 
 
 # LoRA settings that make a different adapter (not a tuning knob): the report tells LoRA configurations apart by
-# whichever of them a study records; sweep params `lora.<name>` count when no user attribute `lora_<name>` exists
-LORA_VARIANT_ATTRS = ("lora_rank", "lora_variant", "lora_targets")
+# whichever of them a study records; sweep params `lora.<name>` count when no user attribute `lora_<name>` exists.
+# `lora_method` (metrics.json: "lora", "rslora", "dora", "pissa", "lora+ x16", ...) sums up variant, init, rslora
+# and lr_ratio, so those are not keys of their own
+LORA_VARIANT_ATTRS = ("lora_rank", "lora_method", "lora_targets")
+LORA_METHOD_PARTS = ("lora.variant", "lora.init", "lora.rslora", "lora.lr_ratio")
 LORA_TUNING_PARAMS = ("lora.rank", "lora.alpha", "lora.dropout")
 
 # the trial's configuration as the tables show it, in reading order; `epochs_trained` is the fraction of the
 # training split actually seen (steps / steps per epoch), not the configured `trainer.epochs`
-CONFIG_COLUMNS = ("model", "finetune", "lora_rank", "freeze_blocks", "lr", "batch_size", "epochs_trained")
+CONFIG_COLUMNS = (
+    "model", "finetune", "lora_rank", "lora_method", "lora_targets", "freeze_blocks", "lr", "batch_size",
+    "epochs_trained",
+)  # fmt: skip
 
 # what a configuration costs, as the comparison shows it
 COST_COLUMNS = ("trainable_params", "trainable_pct", "total_params", "peak_memory_mb", "wall_time_s", "tokens_per_s")
@@ -125,7 +138,8 @@ def lora_variant_keys(columns: object) -> list[str]:
     for column in names:
         param = str(column).removeprefix("params_")
         own_attr = f"lora_{param.removeprefix('lora.')}" in names
-        if str(column).startswith("params_lora.") and param not in LORA_TUNING_PARAMS and not own_attr:
+        summed_up = param in LORA_METHOD_PARTS and "lora_method" in names
+        if str(column).startswith("params_lora.") and param not in LORA_TUNING_PARAMS and not (own_attr or summed_up):
             keys.append(str(column))
     return keys
 

@@ -1,7 +1,14 @@
-"""The sweeper's keys, checked once when Hydra builds the sweeper: one rule, one error, in Optuna's form."""
+"""The sweeper's keys, checked once when Hydra builds the sweeper: one rule, one error, in Optuna's form.
+
+The sweeper is a Hydra plugin that knows nothing of the app (it may sweep any Hydra app), so its rules live here
+beside its schema (`sweeper._config.LorasweepSweeperConf`), not with the app's (`tasks.config.checks`). Hydra calls
+`build_settings` directly with the node's values, and a key added with `+hydra.sweeper...` reaches it too: the
+unknown-key check is kept for that.
+"""
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,7 +98,9 @@ def build_settings(**raw: Any) -> Settings:
     """Validate `hydra.sweeper.*` (as Hydra passes them) into Settings; raise ValueError on the first bad key."""
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
-        raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}.")
+        near = {k: difflib.get_close_matches(k, KEYS, n=1) for k in unknown}
+        hints = "".join(f" (did you mean {near[k][0]} for {k}?)" for k in unknown if near[k])
+        raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}{hints}.")
     cfg = {key: _plain(raw.get(key)) for key in KEYS}
     for key in OWN_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
         if key not in raw:

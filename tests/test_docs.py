@@ -191,6 +191,8 @@ def test_the_task_table_holds_each_tasks_defaults():
     tasks = [c.strip("`") for c in header[1:]]
     assert sorted(tasks) == sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
     conf = {t: OmegaConf.to_container(OmegaConf.load(CONF / "task" / f"{t}.yaml")) for t in tasks}
+    for values in conf.values():  # a file's defaults list names its schema (tasks/config/schema.py), not a key
+        values.pop("defaults", None)
     documented: set[tuple[str, str]] = set()
     for row in rows:
         for key in re.findall(r"`([\w.]+)`", row[0]):

@@ -6,6 +6,6 @@
 - `record`: metrics.json, the sweep trial's attributes, the reuse of an equivalent finished trial's result.
 - `runtime`: device, precision, seeding, peak memory; `errors`: how a trial fails; `handle`: the sweep trial.
 
-Nothing is imported here, so `tasks.settings` can read the option lists of `optim` and `runtime` without loading
-the loop (which imports `tasks.settings`).
+Nothing is imported here, so `tasks.config.checks` can read the option lists of `optim` and `runtime` without
+loading the loop (which imports `tasks.config`).
 """

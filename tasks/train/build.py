@@ -43,6 +43,9 @@ def build_model(cfg: DictConfig, num_classes: int | None, runtime: Runtime) -> t
             dropout=lora.dropout,
             targets=tuple(lora.targets),
             rslora=lora.rslora,
+            variant=lora.variant,
+            init=lora.init,
+            pretrained=m.pretrained,  # PiSSA on a random base warns that its start is arbitrary
         )
     freeze_blocks(model, cfg.freeze.blocks)
     if cfg.trainer.grad_checkpointing:

@@ -20,7 +20,7 @@ from common.files import write_atomic
 from tasks.train.costs import machine, machine_load, steady_state
 from tasks.train.loop import FitState, steps_per_epoch
 from tasks.train.objective import Objective
-from tasks.train.reuse import fingerprints
+from tasks.train.reuse import fingerprints, lora_targets_label
 from tasks.train.runtime import PeakMemory, Runtime, code_version
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,18 @@ def write_metrics(out: Path, result: Mapping[str, Any], trial: Any) -> None:
         trial.set_metrics(result)
 
 
+def lora_method(lora: DictConfig) -> str:
+    """The LoRA method a `lora` node amounts to, by the keys that tell them apart: "lora" (none of them), "rslora",
+    "dora", "pissa", "lora+ x16" (lr_ratio), or their combination ("dora + rslora")."""
+    parts = [
+        "dora" if lora.variant == "dora" else "",
+        "pissa" if lora.init == "pissa" else "",
+        "rslora" if lora.rslora else "",
+        f"lora+ x{lora.lr_ratio:g}" if lora.lr_ratio != 1 else "",
+    ]
+    return " + ".join(p for p in parts if p) or "lora"
+
+
 def summary(cfg: DictConfig) -> dict[str, Any]:
     """The knobs the analysis groups trials by."""
     lora = cfg.finetune.mode == "lora"
@@ -52,6 +64,13 @@ def summary(cfg: DictConfig) -> dict[str, Any]:
         "finetune": cfg.finetune.mode,
         "lora_rank": cfg.lora.rank if lora else None,
         "lora_alpha": cfg.lora.alpha if lora else None,
+        # the adapter's kind: the report groups LoRA trials by method and targets (None under full fine-tuning)
+        "lora_method": lora_method(cfg.lora) if lora else None,
+        "lora_targets": lora_targets_label(cfg.lora.targets) if lora else None,
+        "lora_variant": cfg.lora.variant if lora else None,
+        "lora_init": cfg.lora.init if lora else None,
+        "lora_rslora": cfg.lora.rslora if lora else None,
+        "lora_lr_ratio": cfg.lora.lr_ratio if lora else None,
         "freeze_blocks": cfg.freeze.blocks,
         "optimizer": cfg.optim.name,
         "lr": cfg.optim.lr,
