@@ -21,12 +21,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
-from sweeper import current_pack, isolated_job, set_config_check, set_pack_key
+from sweeper import current_pack, isolated_job, set_config_check, set_inactive_keys, set_pack_key
+from tasks.config.checks import check_config
+from tasks.config.cli import run_hydra_app
 from tasks.judge import JudgeUnavailableError
-from tasks.settings import check_config
 from tasks.train.errors import NonFiniteLossError, TrialOutOfMemoryError
 from tasks.train.pack import alone_reason, pack_key
+from tasks.train.reuse import inactive_nodes
 from tasks.train.trial import run_trial
 
 log = logging.getLogger("lorasweep")
@@ -45,13 +46,12 @@ USER_ERRORS = (
 def check_trial_config(cfg: DictConfig) -> None:
     """The sweeper calls this with the composed config of every swept value before the first trial, so
     `lora.rank=4,0` is refused before rank 4 trains. Raises ValueError (one line)."""
-    from model import GPTConfig
-
-    check_config(cfg, n_layer=GPTConfig.from_preset(cfg.model.preset).n_layer)
+    check_config(cfg)
 
 
 set_config_check(check_trial_config)
 set_pack_key(pack_key, alone_reason)  # hydra.sweeper.pack.size > 1: LoRA trials that can share a base train together
+set_inactive_keys(inactive_nodes)  # confirmation groups: lora.rank does not split full fine-tuning trials
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -77,4 +77,4 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | dict[str, str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main)  # a command line that does not compose: one line naming each bad key or option

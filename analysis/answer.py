@@ -59,20 +59,53 @@ def difference_text(v: Verdict) -> str:
 
 
 def _costs(v: Verdict) -> str:
+    """ "LoRA needs 3% of the trainable parameters and 41% less peak memory. Throughput: 1.9x the tokens/s (...)." """
     lora, full = v.lora, v.full
     parts = [wording.ratio(lora.cost("trainable_params"), full.cost("trainable_params"), "trainable parameters")]
-    for name, key in (("peak memory", "peak_memory_mb"), ("train time", "train_time_s")):
-        parts.append(wording.change(name, lora.costs.get(key, ()), full.costs.get(key, ())))
-    return wording.join([p for p in parts if p])
+    parts.append(
+        wording.change("peak memory", lora.costs.get("peak_memory_mb", ()), full.costs.get("peak_memory_mb", ()))
+    )
+    sentences = [f"LoRA needs {wording.join([p for p in parts if p])}."] if any(parts) else []
+    speed = tokens_change(v)
+    if speed:
+        noise = "p10-p90 ranges overlap" if not v.confirmed else "the seeds' 95% interval contains no change"
+        why = noise if "within noise" in speed else "steady-state median"
+        sentences.append(f"Throughput: {speed} ({why}).")
+    left_out = [*lora.memory_not_own, *full.memory_not_own]
+    if left_out:
+        sentences.append(
+            f"Peak memory leaves out {', '.join(left_out)}: measured as the process's peak, not the trial's own "
+            "(peak_memory_own=false)."
+        )
+    return " ".join(sentences)
+
+
+def tokens_change(v: Verdict) -> str | None:
+    """The steady-state tokens/s of LoRA against full fine-tuning, "within noise" inside the measured spread."""
+    spreads = (v.lora.spread("tokens_per_s"), v.full.spread("tokens_per_s"))
+    return wording.change(
+        "tokens/s", v.lora.costs.get("tokens_per_s", ()), v.full.costs.get("tokens_per_s", ()), spreads
+    )
+
+
+def test_sentence(v: Verdict) -> str:
+    """The same runs' test figure ("Test split, same runs: 0.912 vs 0.924."): shown, never used to choose."""
+    if wording.is_missing(v.lora.test) and wording.is_missing(v.full.test):
+        return ""
+    return f"Test split, same runs: {wording.number(v.lora.test)} vs {wording.number(v.full.test)}."
 
 
 def baseline_caution(v: Verdict) -> str:
-    """A warning when an arm does not beat the baseline (it learned nothing); "" otherwise."""
-    stuck = [arm for arm in (v.lora, v.full) if v.at_baseline(arm)]
-    if not stuck or v.baseline is None:
+    """A warning when an arm does not beat a reference (the majority class, the untouched model): it learned
+    nothing; "" otherwise."""
+    stuck = [(arm, v.not_beaten(arm)) for arm in (v.lora, v.full)]
+    stuck = [(arm, refs) for arm, refs in stuck if refs]
+    if not stuck:
         return ""
-    level = f"Caution: {v.baseline.name} scores {wording.number(v.baseline.value)};"
-    values = [f"{arm.label} ({wording.number(arm.mean)})" for arm in stuck]
+    refs = list(dict.fromkeys(b for _, bs in stuck for b in bs))
+    scores = wording.join([f"{b.name} scores {wording.number(b.value)}" for b in refs])
+    level = f"Caution: {scores};"
+    values = [f"{arm.label} ({wording.number(arm.mean)})" for arm, _ in stuck]
     if len(stuck) == 2:
         return (
             f"{level} neither {values[0]} nor {values[1]} beats that: these runs learned nothing, so this verdict "
@@ -92,8 +125,7 @@ def verdict_line(v: Verdict) -> VerdictLine:
     }[v.outcome]
     values = f"{v.objective} {_value(v, lora)} vs {_value(v, full)}"
     text = f"{head}: {values}, {difference_text(v)}; margin {v.margin_text}."
-    costs = _costs(v)
-    details = [f"LoRA needs {costs}." if costs else ""]
+    details = [_costs(v), test_sentence(v)]
     details.append(SINGLE_RUNS if not v.confirmed else f"Seeds: LoRA {lora.n}, full {full.n}; 95% intervals.")
     details.append(baseline_caution(v))
     return VerdictLine(f"{v.task} · {v.model}", v.outcome, text, " ".join(d for d in details if d))
@@ -121,7 +153,8 @@ def saves_table(verdicts: list[Verdict]) -> pd.DataFrame:
                 "objective": f"{v.objective} {_pair(lora.mean, full.mean, wording.number)}",
                 "trainable %": _pair(lora.cost("trainable_pct"), full.cost("trainable_pct"), wording.percent),
                 "peak memory (MB)": _pair(lora.cost("peak_memory_mb"), full.cost("peak_memory_mb"), wording.number),
-                "tokens/s": _pair(lora.cost("tokens_per_s"), full.cost("tokens_per_s"), wording.number),
+                "tokens/s": _pair(lora.cost("tokens_per_s"), full.cost("tokens_per_s"), wording.number)
+                + (" (within noise)" if "within noise" in (tokens_change(v) or "") else ""),
                 "train time (s)": _pair(lora.cost("train_time_s"), full.cost("train_time_s"), wording.number),
                 "trials": _trials(lora.trial, full.trial),
             }

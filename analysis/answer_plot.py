@@ -3,7 +3,7 @@
 LoRA configurations (rank, and variant or targets where the study varies them) are points with their best trial,
 interval bars when confirmation runs exist; the other LoRA trials are faint dots. Full fine-tuning is a band: its
 95% interval when confirmed, else its value ± the "matches" margin, so a LoRA point inside the band matches it.
-The baseline (always the majority class) is a dotted line.
+The references are lines: always the majority class dotted, the untouched model (before training) dash-dotted.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analysis import palette
+from analysis import palette, wording
 from analysis.plots import save
-from analysis.schema import MODEL_ORDER, objective_label
+from analysis.schema import MODEL_ORDER, is_fraction_objective, objective_label
 from analysis.tables import TASK_KEYS, complete
 from analysis.verdicts import CONFIRMS_ATTR, Margin, Verdict, confirmation_runs, lora_keys, lora_label
 
@@ -106,8 +106,8 @@ def _panel(ax: Axes, group: pd.DataFrame, runs: pd.DataFrame, verdict: Verdict |
     lora = group[group["finetune"] == "lora"]
     if not lora.empty:
         _lora_points(ax, lora, runs, direction)
-    if verdict is not None and verdict.baseline is not None:
-        ax.axhline(verdict.baseline.value, color=palette.BASELINE_COLOR, linestyle=":", label=verdict.baseline.name)
+    if verdict is not None:
+        _references(ax, verdict)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.1)  # room for the labels beside the points at the edges
     ax.set_xlabel("trainable parameters (log scale)")
@@ -116,6 +116,22 @@ def _panel(ax: Axes, group: pd.DataFrame, runs: pd.DataFrame, verdict: Verdict |
         f"{task} · {group['model'].iloc[0]}: {objective} ({'higher' if direction == 'maximize' else 'lower'} is better)"
     )
     ax.legend(fontsize="small", loc="best")
+
+
+def _references(ax: Axes, verdict: Verdict) -> None:
+    """The majority class (dotted) and the untouched model (dash-dotted) as lines; one far off the trials' range (a
+    random model's perplexity before training) is named in the legend instead of squashing the points."""
+    low, high = ax.get_ylim()
+    reach = 3 * (high - low)
+    bounded = is_fraction_objective(verdict.objective)  # a 0-1 scale: every reference fits
+    for reference, style in ((verdict.baseline, ":"), (verdict.untouched, "-.")):
+        if reference is None:
+            continue
+        if bounded or low - reach <= reference.value <= high + reach:
+            ax.axhline(reference.value, color=palette.BASELINE_COLOR, linestyle=style, label=reference.name)
+        else:
+            label = f"{reference.name}: {wording.number(reference.value)}, off the chart"
+            ax.plot([], [], color=palette.BASELINE_COLOR, linestyle=style, label=label)
 
 
 def answer_plot(

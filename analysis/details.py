@@ -12,6 +12,7 @@ import pandas as pd
 from analysis import plots, study_plots, tables
 from analysis.load import objective_names
 from analysis.schema import CONFIG_COLUMNS
+from analysis.verdicts import confirmation_runs
 
 if TYPE_CHECKING:
     from analysis.sections import Sections
@@ -108,7 +109,15 @@ def pareto(s: Sections) -> None:
             continue
         optimal = front[front["pareto"]]
         doc.heading(f"objective vs {cost}", level=3)
-        columns = ["task", "objective", *CONFIG_COLUMNS, "value", cost, "study", "number"]
+        left_out = tables.complete(s.df)
+        left_out = left_out[tables.memory_not_own(left_out)] if cost == "peak_memory_mb" else left_out.iloc[0:0]
+        if not left_out.empty:
+            doc.note(
+                f"Left out: {', '.join(tables.trial_ids(left_out))}, whose peak memory is the process's, not the "
+                "trial's own (peak_memory_own=false): an upper bound that cannot be compared."
+            )
+        columns = ["task", "objective", *CONFIG_COLUMNS, "value", "learned", cost, "study", "number"]
+        optimal = optimal.assign(learned=tables.learned_text(optimal))
         doc.table(tables.blank_not_applicable(tables.with_trial(optimal[columns])))
         s.figure(lambda p, c=cost: plots.cost_front_plot(s.df, c, p), f"pareto_{cost}", f"front vs {cost}")
     for study in s.studies:
@@ -151,7 +160,6 @@ def states(s: Sections) -> None:
 
 
 def judge(s: Sections) -> None:
-
     if not (s.df["task"] == "alpaca").any():
         return
     doc = s.doc
@@ -160,15 +168,34 @@ def judge(s: Sections) -> None:
     if judged.empty:
         doc.paragraph("No alpaca trial was scored by the judge (no API key, or the judge was off).")
         return
+    old = "val_judge_mean" not in s.df and "judge_mean" in s.df
     spread = judged["judge_std"].map(lambda x: "—" if pd.isna(x) else f"{x:.1f}")
     shown = tables.with_trial(judged)
     shown.insert(1, "judge (mean ± std)", judged["judge_mean"].map("{:.1f}".format) + " ± " + spread)
     doc.note(
-        "Judge score (0-100, mean ± std over repeats and items) per configuration, ROUGE-L F1 against the "
-        "reference, and how many replies could not be parsed as a score (excluded, never scored 0)."
+        "Search trials: judge score (0-100, mean ± std over repeats and items) on the fixed validation prompts the "
+        "search selects on, ROUGE-L F1 against the reference, and how many replies could not be parsed as a score "
+        "(excluded, never scored 0). learned: no when the trial did no better than the untouched model or the "
+        "majority class."
+        + (
+            " This study predates the split: its trials were judged on the test prompts during the search."
+            if old
+            else " The test prompts are judged only in confirmation runs (below)."
+        )
     )
     doc.table(tables.blank_not_applicable(shown.drop(columns=["judge_mean", "judge_std"])))
     s.figure(lambda p: plots.judge_plot(judged, p), "judge", "judge score vs perplexity", s.studies_of(judged))
+    confirmed = tables.confirmed_judge_table(s.df, confirmation_runs(s.df))
+    if confirmed.empty:
+        doc.paragraph("No confirmation run: the test prompts were not judged (hydra.sweeper.confirm.seeds > 0 does).")
+        return
+    doc.heading("Confirmed configurations: the test prompts", level=3)
+    doc.note(
+        "Each configuration chosen on validation, trained again with fresh seeds: the judge's mean on the test "
+        "prompts and on the validation prompts over its confirmation runs, ± the half-width of the 95% interval "
+        "(n: runs judged)."
+    )
+    doc.table(confirmed)
 
 
 def studies(s: Sections) -> None:

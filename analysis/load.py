@@ -45,6 +45,8 @@ EXPECTED = (
     "model",
     "finetune",
     "lora_rank",
+    "lora_method",
+    "lora_targets",
     "freeze_blocks",
     "lr",
     "batch_size",
@@ -58,12 +60,18 @@ EXPECTED = (
     "wall_time_s",
     "train_time_s",
     "tokens_per_s",
+    "tokens_per_s_p10",
+    "tokens_per_s_p90",
+    "peak_memory_own",
+    "learned",
+    "flags",
     "fail_reason",
     "duplicate_of",
     "run_dir",
-    # from the run folder (analysis.runs); NaN when it is not read
+    # from the trial's record, else its run folder (analysis.runs); NaN when neither has it
     "epochs_trained",
     "baseline_value",
+    "untouched_value",
     "n_layer",
 )
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -214,8 +222,7 @@ def trials_frame(studies: list[optuna.Study], read_runs: bool = True) -> pd.Data
     for column in numeric:
         df[column] = pd.to_numeric(df[column], errors="coerce")
     df = _fill_from_params(df.astype({c: "object" for c in ("task", "model", "finetune")}))
-    if read_runs:
-        df = add_run_columns(df)
+    df = add_run_columns(df, read=read_runs)
     logger.info("loaded %d trials from %d studies", len(df), len(studies))
     return df
 

@@ -16,14 +16,16 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.schema import objective_key
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
-GENERATIONS_FILE = "generations.jsonl"
-# what the trainer would have to record as top-level scalars of metrics.json so that the study alone suffices
+GENERATIONS_FILES = ("val_generations.jsonl", "generations.jsonl")  # a run from before the split prefix: the second
+# what the trainer records so that the study alone gives the epochs trained (older trials lack it)
 MISSING_FIELD_HINT = (
-    "metrics.json's top-level `steps_per_epoch` (ceil(ceil(train rows / batch_size) / grad_accum)), stored by the "
-    "sweeper as a user attribute"
+    "top-level `steps_per_epoch` (ceil(ceil(train rows / batch_size) / grad_accum)), stored by the sweeper as a user "
+    "attribute"
 )
 
 
@@ -89,34 +91,57 @@ def n_layer(preset: object) -> float:
     return float(PRESETS.get(str(preset), {}).get("n_layer", math.nan))
 
 
+def _known(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def references(row: pd.Series, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's reference levels on its objective: always answering the majority class (`majority_val_<metric>`
+    as the trainer records it, else from the run folder's class counts) and the untouched model (its step-0
+    evaluation, `baseline_val_<metric>`); NaN when not recorded (the judge has no untouched figure)."""
+    key = objective_key(str(row.get("objective", "")))
+    majority = row.get(f"majority_{key}") if key.startswith("val_") else None
+    if not _known(majority) and data:
+        majority = majority_baseline(data, key)
+    name = row.get("majority_class")
+    if _known(majority) and not _known(name):
+        name = majority_class(data) if data else None
+    untouched = row.get(f"baseline_{key}")
+    return {
+        "baseline_value": float(majority) if _known(majority) else math.nan,
+        "baseline_class": name if _known(majority) and _known(name) else None,
+        "untouched_value": float(untouched) if _known(untouched) else math.nan,
+    }
+
+
 def run_columns(row: pd.Series, metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The columns one trial gains from its metrics.json: train rows, depth, epochs trained, baseline."""
+    """The columns one trial gains from its record (the study first, then its metrics.json): train rows, depth,
+    epochs trained, reference levels."""
     data = metrics.get("data", {}) if metrics else {}
     config = metrics.get("config", {}) if metrics else {}
     rows = _split(data, "train").get("rows", math.nan)
     model = config.get("model", {}) if isinstance(config, Mapping) else {}
     preset = model.get("preset") if isinstance(model, Mapping) and model.get("preset") else row.get("model")
-    per_epoch = row.get("steps_per_epoch", math.nan)  # recorded by the trainer one day: preferred
-    if per_epoch is None or (isinstance(per_epoch, float) and math.isnan(per_epoch)):
+    per_epoch = pd.to_numeric(row.get("steps_per_epoch", math.nan), errors="coerce")  # the trainer records it
+    if not _known(per_epoch):
         per_epoch = steps_per_epoch(rows, row.get("batch_size", math.nan), row.get("grad_accum", 1))
     steps = pd.to_numeric(row.get("steps", math.nan), errors="coerce")
-    baseline = majority_baseline(data, str(row.get("objective", ""))) if metrics else None
     return {
         "train_rows": rows,
         "n_layer": n_layer(preset) if row.get("freeze_blocks", 0) else math.nan,
         "steps_per_epoch": per_epoch,
         "epochs_trained": steps / per_epoch if per_epoch and not math.isnan(per_epoch) else math.nan,
-        "baseline_value": math.nan if baseline is None else baseline,
-        "baseline_class": majority_class(data) if baseline is not None else None,
+        **references(row, data),
         "run_readable": metrics is not None,
     }
 
 
-def add_run_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with train_rows, n_layer, steps_per_epoch, epochs_trained, baseline_value and run_readable."""
+def add_run_columns(df: pd.DataFrame, read: bool = True) -> pd.DataFrame:
+    """`df` with train_rows, n_layer, steps_per_epoch, epochs_trained, baseline_value (majority class),
+    baseline_class, untouched_value and run_readable; `read`: also from each run folder's metrics.json."""
     if df.empty:
         return df.assign(**dict.fromkeys(run_columns(pd.Series(dtype=object), None), pd.Series(dtype=float)))
-    extra = [run_columns(row, read_metrics(row.get("run_dir"))) for _, row in df.iterrows()]
+    extra = [run_columns(row, read_metrics(row.get("run_dir")) if read else None) for _, row in df.iterrows()]
     added = pd.DataFrame(extra, index=df.index)
     return df.drop(columns=[c for c in added if c in df]).join(added)
 
@@ -125,8 +150,8 @@ def generation_sample(run_dir: object, n: int = 20) -> list[dict[str, Any]]:
     """The first `n` rows of an alpaca run's generations.jsonl (prompt, reference, response); [] when absent."""
     if run_dir is None or (isinstance(run_dir, float) and math.isnan(run_dir)):
         return []
-    path = Path(str(run_dir)) / GENERATIONS_FILE
-    if not path.is_file():
+    path = next((Path(str(run_dir)) / f for f in GENERATIONS_FILES if (Path(str(run_dir)) / f).is_file()), None)
+    if path is None:
         return []
     rows = []
     with path.open(encoding="utf-8") as fh:

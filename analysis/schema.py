@@ -34,6 +34,13 @@ class Knob:
 KNOBS: tuple[Knob, ...] = (
     Knob("lora_rank", ("lora.rank",), "LoRA rank r (adapter width)"),
     Knob("lora_alpha", ("lora.alpha",), "LoRA alpha (scale = alpha / r)"),
+    Knob(
+        "lora_method",
+        ("lora_method", "lora.variant", "lora.init", "lora.rslora", "lora.lr_ratio"),
+        "LoRA method (lora, rslora, dora, pissa, lora+)",
+        categorical=True,
+    ),
+    Knob("lora_targets", ("lora.targets",), "LoRA targets (adapted projections)", categorical=True),
     Knob("freeze_blocks", ("freeze.blocks",), "frozen transformer blocks (count)"),
     Knob("model", ("model",), "GPT-2 size (preset)", categorical=True),
     Knob("lr", ("optim.lr",), "peak learning rate (log scale)", log=True),
@@ -60,26 +67,55 @@ OBJECTIVE_LABELS = {
     "val_loss": "validation loss (nats per token)",
     "perplexity": "validation perplexity (lower is better)",
     "val_perplexity": "validation perplexity (lower is better)",
-    "judge": "LLM judge score (0-100)",
+    "judge": "LLM judge score on validation prompts (0-100)",
     "judge_mean": "LLM judge score (0-100)",
-    "rouge_l": "ROUGE-L F1 (0-1)",
+    "val_judge_mean": "LLM judge score on validation prompts (0-100)",
+    "test_judge_mean": "LLM judge score on test prompts (0-100)",
+    "rouge_l": "ROUGE-L F1 on validation prompts (0-1)",
+    "val_rouge_l": "ROUGE-L F1 on validation prompts (0-1)",
     "trainable_params": "trainable parameters (count)",
     "peak_memory_mb": "peak memory (MB)",
 }
 
 # objectives on a 0-1 scale: a difference reads in points (0.01 = 1 point), the "matches" margin is absolute
 FRACTION_OBJECTIVES = frozenset(
-    {"accuracy", "val_accuracy", "test_accuracy", "macro_f1", "val_macro_f1", "test_macro_f1", "rouge_l", "exact_match"}
+    {
+        *("accuracy", "val_accuracy", "test_accuracy", "macro_f1", "val_macro_f1", "test_macro_f1"),
+        *("rouge_l", "val_rouge_l", "test_rouge_l", "exact_match", "val_exact_match", "test_exact_match"),
+    }
 )
 
+# objective name (the study's metric name) -> the metrics.json key it is measured as (tasks.metrics.OBJECTIVES);
+# any other name is a metrics key itself. Every objective is a validation figure: test data never steers a search.
+OBJECTIVE_KEYS = {
+    "accuracy": "val_accuracy",
+    "macro_f1": "val_macro_f1",
+    "loss": "val_loss",
+    "perplexity": "val_perplexity",
+    "judge": "val_judge_mean",
+    "rouge_l": "val_rouge_l",
+}
+
+
+def objective_key(name: str) -> str:
+    """The metrics key of an objective: `accuracy` -> `val_accuracy`; a key stays itself."""
+    return OBJECTIVE_KEYS.get(name, name)
+
+
 # LoRA settings that make a different adapter (not a tuning knob): the report tells LoRA configurations apart by
-# whichever of them a study records; sweep params `lora.<name>` count when no user attribute `lora_<name>` exists
-LORA_VARIANT_ATTRS = ("lora_rank", "lora_variant", "lora_targets")
+# whichever of them a study records; sweep params `lora.<name>` count when no user attribute `lora_<name>` exists.
+# `lora_method` (metrics.json: "lora", "rslora", "dora", "pissa", "lora+ x16", ...) sums up variant, init, rslora
+# and lr_ratio, so those are not keys of their own
+LORA_VARIANT_ATTRS = ("lora_rank", "lora_method", "lora_targets")
+LORA_METHOD_PARTS = ("lora.variant", "lora.init", "lora.rslora", "lora.lr_ratio")
 LORA_TUNING_PARAMS = ("lora.rank", "lora.alpha", "lora.dropout")
 
 # the trial's configuration as the tables show it, in reading order; `epochs_trained` is the fraction of the
 # training split actually seen (steps / steps per epoch), not the configured `trainer.epochs`
-CONFIG_COLUMNS = ("model", "finetune", "lora_rank", "freeze_blocks", "lr", "batch_size", "epochs_trained")
+CONFIG_COLUMNS = (
+    "model", "finetune", "lora_rank", "lora_method", "lora_targets", "freeze_blocks", "lr", "batch_size",
+    "epochs_trained",
+)  # fmt: skip
 
 # what a configuration costs, as the comparison shows it
 COST_COLUMNS = ("trainable_params", "trainable_pct", "total_params", "peak_memory_mb", "wall_time_s", "tokens_per_s")
@@ -102,7 +138,8 @@ def lora_variant_keys(columns: object) -> list[str]:
     for column in names:
         param = str(column).removeprefix("params_")
         own_attr = f"lora_{param.removeprefix('lora.')}" in names
-        if str(column).startswith("params_lora.") and param not in LORA_TUNING_PARAMS and not own_attr:
+        summed_up = param in LORA_METHOD_PARTS and "lora_method" in names
+        if str(column).startswith("params_lora.") and param not in LORA_TUNING_PARAMS and not (own_attr or summed_up):
             keys.append(str(column))
     return keys
 
@@ -110,3 +147,11 @@ def lora_variant_keys(columns: object) -> list[str]:
 def objective_label(name: str) -> str:
     """Axis label for an objective, with its unit where known."""
     return OBJECTIVE_LABELS.get(name, name)
+
+
+def split_key(name: str, split: str) -> str | None:
+    """The same metric on another split (`accuracy`, "test" -> `test_accuracy`); None when the objective is no
+    split's metric. The test figure is shown only for a trial chosen on validation (and its confirmation runs),
+    never used to choose."""
+    key = objective_key(name)
+    return f"{split}_" + key.removeprefix("val_") if key.startswith("val_") else None

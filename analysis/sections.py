@@ -82,11 +82,12 @@ class Sections:
     def scope(self) -> str:
         """ "From 8 trials in 1 study (sms-tiny): 4 complete, 2 reused a twin's result (counted once), ..." """
         df = self.df
-        state = df["state"].where(~(tables.is_duplicate(df) & (df["state"] == "COMPLETE")), "REUSED")
+        state = tables.shown_states(df).str.upper()
         counts = state.value_counts()
         words = {
             "COMPLETE": "complete",
             "REUSED": "reused a finished twin's result (counted once)",
+            "CONFIRMATION": "confirmation runs (the chosen configurations with fresh seeds)",
             "PRUNED": "pruned",
             "FAIL": "failed",
             "RUNNING": "running",
@@ -124,7 +125,13 @@ class Sections:
             )
         )
         doc.heading("What LoRA saves", level=3)
-        doc.note("Each cell: LoRA / full fine-tuning, for the two configurations compared above.")
+        doc.note(
+            "Each cell: LoRA / full fine-tuning, for the two configurations compared above (means over the seeds "
+            "when confirmed). tokens/s: the steady-state median (warm-up and evaluation left out), within noise "
+            "when the p10-p90 ranges of single runs overlap or the seeds' interval of the change contains none; "
+            "peak memory: only runs that measured their own (peak_memory_own). The test split's figure of these "
+            "runs is in each verdict's details: they were chosen on validation, never by it."
+        )
         doc.table(answer.saves_table(self.verdicts))
 
     def pictures(self) -> None:
@@ -138,7 +145,8 @@ class Sections:
             "Objective against trainable parameters (log axis). Large markers: the best trial of each LoRA "
             "configuration and of full fine-tuning; faint ones: every other trial. The blue band is full "
             "fine-tuning's value ± the margin (its 95% interval when confirmed): a LoRA point inside it matches. "
-            "Dotted: always answering the majority class."
+            "Dotted: always answering the majority class; dash-dotted: the untouched model (evaluated before "
+            "training). A point at or below them learned nothing."
         )
         for key, rows in done.groupby(tables.TASK_KEYS, sort=True):
             name = slug(f"answer_{key[0]}_{key[1]}")
@@ -157,13 +165,15 @@ class Sections:
             doc.paragraph("No complete trial records its task and fine-tuning mode, so no comparison is possible.")
             return
         doc.note(
-            "The best complete search trial of each fine-tuning mode per task and model size. config: the swept "
-            "settings (LoRA's only for LoRA trials); epochs_trained: the fraction of the training split seen "
-            "(steps / steps per epoch)."
+            "The best complete search trial of each fine-tuning mode per task and model size, chosen on the "
+            "validation objective (value); test: the same trial's test figure, never used to choose; learned: no "
+            "when it did no better than the majority class or the untouched model. config: the swept settings "
+            "(LoRA's only for LoRA trials); epochs_trained: the fraction of the training split seen (steps / steps "
+            "per epoch)."
         )
         shown = compared.assign(config=[_config_text(row) for _, row in compared.iterrows()])
         shown = tables.with_trial(shown)
-        columns = [*DETAIL_COLUMNS, "value", *COST_COLUMNS, "train_time_s", "config"]
+        columns = [*DETAIL_COLUMNS, "value", "test", "learned", *COST_COLUMNS, "train_time_s", "config"]
         doc.table(tables.blank_not_applicable(shown[columns]))
         self.epochs_note(compared)
 
@@ -173,8 +183,8 @@ class Sections:
             return
         ids = ", ".join(tables.trial_ids(unknown))
         self.doc.note(
-            f"epochs_trained is unknown (—) for {ids}: their run folder's metrics.json could not be read here, and "
-            f"the study alone does not hold the training split's size. The trainer should record {MISSING_FIELD_HINT}."
+            f"epochs_trained is unknown (—) for {ids}: they predate the trainer's {MISSING_FIELD_HINT}, and their "
+            "run folder's metrics.json could not be read here."
         )
 
 

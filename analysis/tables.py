@@ -22,6 +22,7 @@ from analysis.schema import (
     PHASE_ATTR,
     Knob,
     is_lora_only,
+    split_key,
 )
 
 TASK_KEYS = ["task", "objective", "direction"]
@@ -60,11 +61,39 @@ def best_per_group(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def compare_modes(df: pd.DataFrame) -> pd.DataFrame:
-    """Best full fine-tuning vs best LoRA trial per task (and model size): objective and costs."""
+    """Best full fine-tuning vs best LoRA trial per task (and model size), chosen on the validation objective:
+    objective, the same trial's test figure (`test`), whether it learned anything, and costs."""
     best = best_per_group(df[df["finetune"].isin(FINETUNE_MODES)], [*TASK_KEYS, "model", "finetune"])
-    columns = [*TASK_KEYS, *CONFIG_COLUMNS, "value", *COST_COLUMNS, "train_time_s", "study", "number"]
+    best = best.assign(test=own_test_figures(best), learned=learned_text(best))
+    columns = [*TASK_KEYS, *CONFIG_COLUMNS, "value", "test", "learned", *COST_COLUMNS, "train_time_s"]
     extra = [c for c in best if str(c).startswith("params_") or c in ("n_layer", "baseline_value")]
-    return best[columns + extra].reset_index(drop=True)
+    return best[[*columns, "study", "number", *extra]].reset_index(drop=True)
+
+
+def own_test_figures(rows: pd.DataFrame) -> pd.Series:
+    """Each trial's own test figure of its objective (`test_accuracy` for `accuracy`), NaN when not measured: the
+    figure of a trial chosen on validation, never a column to choose by."""
+    values = []
+    for _, row in rows.iterrows():
+        key = split_key(str(row.get("objective")), "test")
+        values.append(pd.to_numeric(row.get(key), errors="coerce") if key and key in row else np.nan)
+    return pd.Series(values, index=rows.index, dtype=float)
+
+
+def learned_text(rows: pd.DataFrame) -> pd.Series:
+    """ "no: at majority class" for a trial that learned nothing (`learned` false, with its flags), "yes", or ""
+    when the trial did not record it."""
+
+    def text(learned: object, flags: object) -> str:
+        if learned is True or learned == 1:
+            return "yes"
+        if learned is False or learned == 0:
+            return f"no: {flags}" if isinstance(flags, str) and flags else "no"
+        return ""
+
+    learned = rows["learned"] if "learned" in rows else pd.Series(None, index=rows.index)
+    flags = rows["flags"] if "flags" in rows else pd.Series(None, index=rows.index)
+    return pd.Series([text(a, b) for a, b in zip(learned, flags, strict=True)], index=rows.index, dtype=object)
 
 
 def trial_ids(rows: pd.DataFrame) -> pd.Series:
@@ -125,14 +154,25 @@ def knob_effects(df: pd.DataFrame, knob: Knob) -> pd.DataFrame:
     return table.sort_values([*TASK_KEYS, "finetune", "_key"])[columns].reset_index(drop=True)
 
 
-def state_counts(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials per study and state (COMPLETE, PRUNED, FAIL, ...), with a total.
+def is_confirmation(df: pd.DataFrame) -> pd.Series:
+    """True for confirmation runs (user attribute phase="confirm")."""
+    return df[PHASE_ATTR].eq(CONFIRM_PHASE) if PHASE_ATTR in df else pd.Series(False, index=df.index)
 
-    A complete trial that reused a twin's result counts under `reused`, not COMPLETE: it trained nothing.
-    """
-    state = df["state"].where(~(is_duplicate(df) & (df["state"] == "COMPLETE")), "reused")
+
+def shown_states(df: pd.DataFrame) -> pd.Series:
+    """A trial's state as the report counts it: a complete trial that reused a twin's result is `reused` (it trained
+    nothing), a complete confirmation run is `confirmation` (not a search trial)."""
+    done = df["state"] == "COMPLETE"
+    state = df["state"].where(~(is_duplicate(df) & done), "reused")
+    return state.where(~(is_confirmation(df) & done), "confirmation")
+
+
+def state_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials per study and state (COMPLETE, PRUNED, FAIL, ...), with a total; reused results and complete
+    confirmation runs have columns of their own (`shown_states`)."""
+    state = shown_states(df)
     counts = pd.crosstab(df["study"], state) if not df.empty else pd.DataFrame()
-    order = [*STATES[:1], "reused", *STATES[1:]]
+    order = [*STATES[:1], "reused", "confirmation", *STATES[1:]]
     states = [s for s in order if s in counts] + [s for s in counts if s not in order]
     counts = counts.reindex(columns=states, fill_value=0)
     counts["total"] = counts.sum(axis=1)
@@ -164,9 +204,19 @@ def pareto_mask(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return ~(better_or_equal & strictly).any(axis=1)
 
 
+def memory_not_own(df: pd.DataFrame) -> pd.Series:
+    """True for trials whose peak memory is the process's (`peak_memory_own` false): an upper bound, left out of
+    every memory comparison."""
+    own = df["peak_memory_own"] if "peak_memory_own" in df else pd.Series(None, index=df.index, dtype=object)
+    return own.map(lambda v: v is False or v == 0 or str(v).lower() == "false").astype(bool)
+
+
 def pareto_front(df: pd.DataFrame, cost: str) -> pd.DataFrame:
-    """Complete trials with a known `cost`, flagged `pareto` on the front of objective vs cost, per task."""
+    """Complete trials with a known `cost`, flagged `pareto` on the front of objective vs cost, per task (peak
+    memory: only trials that measured their own)."""
     done = complete(df).dropna(subset=[cost, "task"])
+    if cost == "peak_memory_mb":
+        done = done[~memory_not_own(done)]
     if done.empty:
         return done.assign(pareto=pd.Series(dtype=bool))
     flags = pd.Series(False, index=done.index)
@@ -176,15 +226,54 @@ def pareto_front(df: pd.DataFrame, cost: str) -> pd.DataFrame:
     return done.assign(pareto=flags).sort_values([*TASK_KEYS, cost])
 
 
+# the judge's figures per split; a study from before the split prefix holds them unprefixed (scored on the test prompts
+# during the search: the leak that val_ names end)
+JUDGE_FIGURES = ("judge_mean", "judge_std", "judge_n_scored", "judge_n_failed", "rouge_l")
+
+
+def judge_split_columns(df: pd.DataFrame, split: str) -> dict[str, str]:
+    """`judge_mean` -> the frame's column for `split` ("val_judge_mean", or the old unprefixed one for "val")."""
+    out = {}
+    for name in JUDGE_FIGURES:
+        column = f"{split}_{name}"
+        if column not in df and split == "val" and name in df and df[name].notna().any():
+            column = name
+        out[name] = column
+    return out
+
+
 def judge_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Alpaca trials scored by the judge: judge mean and std, ROUGE-L, parse failures, perplexity."""
-    columns = ["study", "number", *CONFIG_COLUMNS, "judge_mean", "judge_std", "judge_n_scored", "judge_n_failed"]
-    columns += ["rouge_l", "val_perplexity"]
-    if "judge_mean" not in df:
+    """Alpaca search trials scored by the judge on the validation prompts: judge mean and std, ROUGE-L, parse
+    failures, perplexity, whether the trial learned anything."""
+    names = judge_split_columns(df, "val")
+    columns = ["study", "number", *CONFIG_COLUMNS, *JUDGE_FIGURES, "val_perplexity", "learned"]
+    scored = complete(df)
+    if names["judge_mean"] not in scored:
         return pd.DataFrame(columns=columns)
-    scored = df[(df["task"] == "alpaca") & df["judge_mean"].notna()]
-    scored = scored.reindex(columns=columns)
+    scored = scored[(scored["task"] == "alpaca") & scored[names["judge_mean"]].notna()]
+    scored = scored.rename(columns={v: k for k, v in names.items() if v != k and v in scored})
+    scored = scored.assign(learned=learned_text(scored)).reindex(columns=columns)
     return scored.sort_values("judge_mean", ascending=False).reset_index(drop=True)
+
+
+def confirmed_judge_table(df: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per confirmed alpaca configuration: the test prompts' judge mean with its 95% interval over the seeds
+    (`test_judge_mean` of the confirmation runs), next to the validation figure over the same runs."""
+    from analysis.stats import mean_interval
+
+    rows = []
+    alpaca = runs[runs["task"] == "alpaca"] if "task" in runs else runs.iloc[0:0]
+    for (study, number), group in alpaca.groupby(["study", "confirms"], sort=True):
+        row: dict[str, object] = {"study": study, "confirms": int(number), "finetune": group["finetune"].iloc[0]}
+        for split in ("val", "test"):
+            column = f"{split}_judge_mean"
+            values = pd.to_numeric(group[column], errors="coerce").dropna().tolist() if column in group else []
+            interval = mean_interval(values)
+            row[f"{split} judge"] = np.nan if not values else float(np.mean(values))
+            row[f"{split} ±"] = interval.half_width if interval is not None else np.nan
+            row[f"{split} n"] = len(values)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _importances(study: optuna.Study, trials: list, params: list[str]) -> dict[str, float]:

@@ -30,12 +30,16 @@ from analysis.schema import (
     PHASE_ATTR,
     is_fraction_objective,
     lora_variant_keys,
+    split_key,
 )
-from analysis.tables import TASK_KEYS, complete
+from analysis.tables import TASK_KEYS, complete, memory_not_own
 
 OUTCOMES = ("matches", "better", "worse", "undecided")
 # what an arm costs, per seed: the columns of "what it saves"
 COST_KEYS = ("trainable_params", "trainable_pct", "total_params", "peak_memory_mb", "tokens_per_s", "train_time_s")
+# the steady-state spread of a run's tokens/s: with single runs, a change inside both ranges is "within noise"
+SPREAD_KEYS = ("tokens_per_s_p10", "tokens_per_s_p90")
+UNTOUCHED = "the untouched model (evaluated before training)"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class Arm:
     costs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     trials: tuple[str, ...] = ()
     config: Mapping[str, object] = field(default_factory=dict)  # the knobs that were swept, as set for this arm
+    tests: tuple[float, ...] = ()  # the test split's figure per run (never used to choose; NaN when not measured)
+    memory_not_own: tuple[str, ...] = ()  # runs whose peak memory is the process's, left out of memory comparisons
 
     @property
     def n(self) -> int:
@@ -93,8 +99,24 @@ class Arm:
 
     def cost(self, key: str) -> float:
         """Mean of a cost over the runs, NaN when not recorded."""
-        values = [v for v in self.costs.get(key, ()) if v is not None and not math.isnan(v)]
-        return math.fsum(values) / len(values) if values else math.nan
+        return _mean(self.costs.get(key, ()))
+
+    @property
+    def test(self) -> float:
+        """Mean of the test figure over the runs, NaN when not measured."""
+        return _mean(self.tests)
+
+    def spread(self, key: str) -> tuple[float, float] | None:
+        """A single run's steady-state (p10, p90) range of `key` (tokens_per_s); None unless one run recorded it."""
+        low, high = self.costs.get(f"{key}_p10", ()), self.costs.get(f"{key}_p90", ())
+        if self.n != 1 or len(low) != 1 or len(high) != 1 or math.isnan(low[0]) or math.isnan(high[0]):
+            return None
+        return low[0], high[0]
+
+
+def _mean(values: tuple[float, ...]) -> float:
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    return math.fsum(known) / len(known) if known else math.nan
 
 
 @dataclass(frozen=True)
@@ -119,7 +141,8 @@ class Verdict:
     margin_text: str  # "±1 point"
     outcome: str  # one of OUTCOMES
     interval: stats.Interval | None  # Welch interval of lora - full (raw units); None unless confirmed
-    baseline: Baseline | None = None
+    baseline: Baseline | None = None  # always answering the majority class
+    untouched: Baseline | None = None  # the model before training (median of the group's step-0 evaluations)
 
     @property
     def confirmed(self) -> bool:
@@ -130,12 +153,19 @@ class Verdict:
         """LoRA minus full fine-tuning, in the objective's units (not oriented)."""
         return self.lora.mean - self.full.mean
 
+    @property
+    def references(self) -> list[Baseline]:
+        return [b for b in (self.baseline, self.untouched) if b is not None]
+
+    def not_beaten(self, arm: Arm) -> list[Baseline]:
+        """The references `arm` does not beat by more than the margin."""
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        return [b for b in self.references if sign * (arm.mean - b.value) <= self.margin]
+
     def at_baseline(self, arm: Arm) -> bool:
-        """True when `arm` is no better than the baseline by more than the margin: it learned nothing."""
-        if self.baseline is None:
-            return False
-        gain = arm.mean - self.baseline.value
-        return (gain if self.direction == "maximize" else -gain) <= self.margin
+        """True when `arm` is no better than a reference (the majority class, the untouched model) by more than
+        the margin: it learned nothing."""
+        return bool(self.not_beaten(arm))
 
 
 def decide(gain: float, interval: tuple[float, float] | None, margin: float) -> str:
@@ -163,6 +193,7 @@ def compare(
     full: Arm,
     margin: Margin | None = None,
     baseline: Baseline | None = None,
+    untouched: Baseline | None = None,
 ) -> Verdict:
     """The verdict for two arms; confirmed (with an interval) when each arm has two runs or more."""
     margin = margin or Margin()
@@ -172,7 +203,18 @@ def compare(
     oriented = None if interval is None else tuple(sorted((sign * interval.low, sign * interval.high)))
     outcome = decide(sign * (lora.mean - full.mean), oriented, width)
     return Verdict(
-        task, model, objective, direction, lora, full, width, margin.describe(objective), outcome, interval, baseline
+        task,
+        model,
+        objective,
+        direction,
+        lora,
+        full,
+        width,
+        margin.describe(objective),
+        outcome,
+        interval,
+        baseline,
+        untouched,
     )
 
 
@@ -189,13 +231,25 @@ def confirmation_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 def _costs(rows: pd.DataFrame) -> dict[str, tuple[float, ...]]:
     out = {}
-    for key in COST_KEYS:
+    for key in (*COST_KEYS, *SPREAD_KEYS):
         column = key if key in rows else None
         if key == "train_time_s" and (column is None or rows[key].isna().all()):
             column = "wall_time_s" if "wall_time_s" in rows else None  # older runs record only the wall time
         if column is not None and rows[column].notna().any():
-            out[key] = tuple(float(v) for v in pd.to_numeric(rows[column], errors="coerce"))
+            values = pd.to_numeric(rows[column], errors="coerce")
+            if key == "peak_memory_mb":
+                values = values.mask(memory_not_own(rows))
+            out[key] = tuple(float(v) for v in values)
     return out
+
+
+def _tests(rows: pd.DataFrame) -> tuple[float, ...]:
+    """Each run's test figure of the objective it was chosen by (`test_accuracy` for `accuracy`)."""
+    keys = [split_key(str(o), "test") for o in rows["objective"]]
+    return tuple(
+        float(pd.to_numeric(row.get(k), errors="coerce")) if k and k in row else math.nan
+        for k, (_, row) in zip(keys, rows.iterrows(), strict=True)
+    )
 
 
 def arm_from_rows(label: str, search: pd.Series, runs: pd.DataFrame) -> Arm:
@@ -204,7 +258,8 @@ def arm_from_rows(label: str, search: pd.Series, runs: pd.DataFrame) -> Arm:
     rows = runs if not runs.empty else search.to_frame().T
     ids = tuple(f"{s}#{int(n)}" for s, n in zip(rows["study"], rows["number"], strict=True))
     values = tuple(float(v) for v in rows["value"])
-    return Arm(label, trial, values, _costs(rows), ids, swept_config(search))
+    not_own = tuple(i for i, bad in zip(ids, memory_not_own(rows), strict=True) if bad)
+    return Arm(label, trial, values, _costs(rows), ids, swept_config(search), _tests(rows), not_own)
 
 
 def swept_config(row: pd.Series) -> dict[str, object]:
@@ -268,6 +323,13 @@ def _baseline(group: pd.DataFrame) -> Baseline | None:
     return Baseline(name, float(row["baseline_value"]))
 
 
+def _untouched(group: pd.DataFrame) -> Baseline | None:
+    """The model before training, on the objective: the median of the group's step-0 evaluations (a random head
+    or adapter initialisation differs between trials)."""
+    values = pd.to_numeric(group["untouched_value"], errors="coerce").dropna() if "untouched_value" in group else []
+    return Baseline(UNTOUCHED, float(values.median())) if len(values) else None
+
+
 def verdicts_from_frame(df: pd.DataFrame, margin: Margin | None = None) -> list[Verdict]:
     """One verdict per task, objective and model size that has both a LoRA and a full fine-tuning trial."""
     search = complete(df)
@@ -281,7 +343,7 @@ def verdicts_from_frame(df: pd.DataFrame, margin: Margin | None = None) -> list[
             continue
         lora = _best_arm(modes["lora"], runs, direction, lambda r: lora_label(r, keys))
         full = _best_arm(modes["full"], runs, direction, full_label)
-        out.append(compare(task, model, objective, direction, lora, full, margin, _baseline(group)))
+        out.append(compare(task, model, objective, direction, lora, full, margin, _baseline(group), _untouched(group)))
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
     return sorted(out, key=lambda v: (v.task, order.get(v.model, len(order)), v.model))
 

@@ -61,11 +61,25 @@ def ratio(part: float, whole: float, noun: str) -> str | None:
     return f"{percent(100 * r)} of the {noun}"
 
 
-def change(name: str, lora: list[float] | tuple[float, ...], full: list[float] | tuple[float, ...]) -> str | None:
+Range = tuple[float, float]
+
+
+def overlap(a: Range | None, b: Range | None) -> bool:
+    """Whether two measured ranges (a run's p10-p90 spread) share a value; False when either is unknown."""
+    return a is not None and b is not None and max(a[0], b[0]) <= min(a[1], b[1])
+
+
+def change(
+    name: str,
+    lora: list[float] | tuple[float, ...],
+    full: list[float] | tuple[float, ...],
+    spreads: tuple[Range | None, Range | None] | None = None,
+) -> str | None:
     """How a cost changes from full fine-tuning to LoRA: "41% less peak memory", "1.9x the tokens/s".
 
     With two runs or more per side (confirmation seeds), a change whose Welch interval contains zero is
-    "within noise"; with single runs a change under 3% reads "about the same". None when a side is unknown.
+    "within noise"; with single runs, so is one whose measured `spreads` (each run's p10-p90 range, LoRA's then
+    full's) overlap; a change under 3% reads "about the same". None when a side is unknown.
     """
     lora = [v for v in lora if not is_missing(v)]
     full = [v for v in full if not is_missing(v)]
@@ -73,6 +87,8 @@ def change(name: str, lora: list[float] | tuple[float, ...], full: list[float] |
         return None
     interval = stats.welch_interval(lora, full)
     if interval is not None and interval.contains(0.0):
+        return f"{name} within noise"
+    if interval is None and spreads is not None and overlap(*spreads):
         return f"{name} within noise"
     a, b = math.fsum(lora) / len(lora), math.fsum(full) / len(full)
     if b == 0:

@@ -65,7 +65,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import tasks.resolvers  # noqa: F401
+    import tasks.config  # noqa: F401  (the schemas and resolvers conf/ needs)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(C.ROOT / "conf"), version_base="1.3"):

@@ -150,7 +150,7 @@ def main() -> None:
     import optuna
     import torch
 
-    import tasks.resolvers  # noqa: F401  (${direction:...}, ${cwd:})
+    import tasks.config  # noqa: F401  (the schemas and resolvers conf/ needs)
     from model import GPT, GPTConfig
     from model.checkpoint import export_hf
 

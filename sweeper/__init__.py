@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sweeper._confirm import set_inactive_keys
     from sweeper._grammar import SearchSpace, parse_search_space
     from sweeper._isolation import isolated_job
     from sweeper._pack_job import PackChannel, current_pack, set_pack_key
@@ -41,6 +42,7 @@ _LAZY = {
     "isolated_job": "sweeper._isolation",
     "parse_search_space": "sweeper._grammar",
     "set_config_check": "sweeper._preflight",
+    "set_inactive_keys": "sweeper._confirm",
     "set_pack_key": "sweeper._pack_job",
     "trial_handle": "sweeper._trial",
     "user_attrs_from_metrics": "sweeper._trial",
@@ -57,6 +59,7 @@ __all__ = [
     "isolated_job",
     "parse_search_space",
     "set_config_check",
+    "set_inactive_keys",
     "set_pack_key",
     "trial_handle",
     "user_attrs_from_metrics",

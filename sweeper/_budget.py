@@ -12,6 +12,8 @@ finite search space under any other sampler (`sweeper._finite`): `lora.rank=4,8,
 A trial of a dead worker (heartbeat-stale) becomes FAIL, which frees its place, and its retry is queued as
 WAITING, which takes it: the study ends with n_trials COMPLETE (or PRUNED) trials plus the FAIL. Queued trials
 are run even when the count says the budget is spent, since they hold their place already.
+
+Confirmation runs (`sweeper._confirm`) are not counted: they come after the search and have a plan of their own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper._finite import DISCARDED_ATTR, FiniteSpace
 from sweeper._optuna_private import GRID_ID_ATTR, GRID_SPACE_ATTR, retry_history, study_storage, trial_id
 from sweeper._outcome import tell
+from sweeper._phase import search_trials
 
 USED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 NOT_RUN = "not run: the study's n_trials budget was already taken by trials of other workers"
@@ -39,13 +42,17 @@ class Budget:
             self.n_grid = (self.n_grid or 1) * len(values)
         self.requested = n_trials
         self.n_trials = n_trials if self.n_grid is None else min(n_trials, self.n_grid)
-        self.finite = finite
-        if finite is not None:
-            self.n_trials = min(self.n_trials, finite.n_points)
+        self.finite = finite  # caps the trials still to run by the free points, not the study's total
+
+    @property
+    def in_effect(self) -> int:
+        """The trials this command can run at most: n_trials, or fewer for a grid or a finite space (what failure
+        rates and progress count against)."""
+        return self.n_trials if self.finite is None else min(self.n_trials, self.finite.n_points)
 
     @staticmethod
     def _trials(study: optuna.Study) -> list[FrozenTrial]:
-        return study.get_trials(deepcopy=False)
+        return search_trials(study.get_trials(deepcopy=False))
 
     def used(self, study: optuna.Study) -> int:
         return sum(t.state in USED for t in self._trials(study))

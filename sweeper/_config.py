@@ -142,6 +142,18 @@ class WilcoxonPrunerConf:
     n_startup_steps: int = 2
 
 
+# after the search: the best `top_k` configurations of each group are trained again with `seeds` fresh seeds
+# (sweeper/_confirm.py), in the same study, as trials with user attribute phase=confirm
+@dataclass
+class ConfirmConf:
+    seeds: int = 0  # confirmation runs per chosen configuration; 0: no confirmation phase
+    top_k: int = 1  # configurations confirmed per group
+    # a group: the trials sharing these keys' values (a config group's option, else the key's value); a key that
+    # does not apply to a trial (lora.* under full fine-tuning, by the app's rule) has no value there
+    group_by: list[str] = field(default_factory=lambda: ["task", "model", "finetune", "lora.rank"])
+    seed_base: int = 1000  # confirmation seeds: seed_base, seed_base + 1, ... (a trial's own search seed skipped)
+
+
 @dataclass
 class PackConf:
     # trials trained together in one job over one shared base model (tasks.train.pack); 1 = each trial alone
@@ -196,7 +208,8 @@ class LorasweepSweeperConf:
     grace_period: int | None = None
     max_retry: int | None = 3
     reconnect_timeout: float = 120  # seconds a lost database connection is retried (backoff) before a worker stops
-    # packed trials (README "Scaling"): up to pack.size LoRA trials that can share a base train in one job
+    confirm: ConfirmConf = field(default_factory=ConfirmConf)
+    # packed trials (docs/sweeps.md): up to pack.size LoRA trials that can share a base train in one job
     pack: PackConf = field(default_factory=PackConf)
 
 

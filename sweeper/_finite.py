@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper._grammar import SearchSpace, describe, grid_values
 from sweeper._optuna_private import retry_history
+from sweeper._recorded import same_settings
 from sweeper._samplers import derive_seed, sampler_name
 
 MAX_POINTS = 100_000  # larger discrete spaces are treated as unbounded (no enumeration)
@@ -34,13 +35,14 @@ PointKey = tuple[tuple[str, Any], ...]
 class FiniteSpace:
     """The points of an all-discrete search space, and which of them a study's trials have taken."""
 
-    def __init__(self, distributions: dict[str, BaseDistribution]) -> None:
+    def __init__(self, distributions: dict[str, BaseDistribution], fixed: dict[str, Any] | None = None) -> None:
         self.distributions = dict(distributions)
+        self.fixed = dict(fixed or {})  # a point is taken by a trial with these fixed settings only (extend_study)
         self._values = {name: grid_values(name, d) for name, d in self.distributions.items()}
         self.n_points = math.prod(len(v) for v in self._values.values())
 
     @classmethod
-    def of(cls, space: SearchSpace) -> FiniteSpace | None:
+    def of(cls, space: SearchSpace, fixed: dict[str, Any] | None = None) -> FiniteSpace | None:
         """The space's points, or None when a distribution is continuous or the points are too many to list."""
         sizes = []
         for name, dist in space.distributions.items():
@@ -48,7 +50,7 @@ class FiniteSpace:
                 sizes.append(len(grid_values(name, dist)))
             except ValueError:  # a continuous interval
                 return None
-        return cls(space.distributions) if math.prod(sizes) <= MAX_POINTS else None
+        return cls(space.distributions, fixed) if math.prod(sizes) <= MAX_POINTS else None
 
     def points(self) -> Iterable[dict[str, Any]]:
         names = list(self._values)
@@ -63,9 +65,14 @@ class FiniteSpace:
 
     def taken(self, trials: Sequence[FrozenTrial], skip: Iterable[int] = ()) -> set[PointKey]:
         """The points held by `trials` (but those numbered in `skip`): running, finished or queued, failed ones
-        too (a failed point is not run again, as with the grid sampler); trials closed unrun hold none."""
+        too (a failed point is not run again, as with the grid sampler); trials closed unrun hold none, nor do
+        trials of other fixed settings (an extended study runs each point again under its new settings)."""
         skipped = set(skip)
-        held = (t for t in trials if t.number not in skipped and not t.system_attrs.get(DISCARDED_ATTR))
+        held = (
+            t
+            for t in trials
+            if t.number not in skipped and not t.system_attrs.get(DISCARDED_ATTR) and same_settings(t, self.fixed)
+        )
         return {self.key(t.params) for t in held} & self._all_keys
 
     @functools.cached_property

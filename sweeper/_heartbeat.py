@@ -4,7 +4,8 @@ Optuna sends heartbeats only inside `study.optimize`, which a Hydra sweeper does
 keeps one thread that records a heartbeat for every trial it has in flight, every `heartbeat_interval` seconds,
 and fails the trials of other workers that have been silent for `grace_period` seconds
 (`optuna.storages.fail_stale_trials`, also called before each ask). `RetryStaleTrial` then queues the lost
-trial's parameters as a WAITING trial, which the next `study.ask` of any live worker runs.
+trial's parameters as a WAITING trial, which the next `study.ask` of any live worker runs. A confirmation run is
+not queued (`study.ask` would hand it to the search): the confirmation phase runs a missing run again itself.
 
 Only RDB storages (SQLite, PostgreSQL, MySQL) have heartbeats in Optuna; with a journal file or in memory a
 killed worker's trial stays RUNNING.
@@ -25,6 +26,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from sweeper._optuna_private import heartbeat_enabled, max_retry, retry_history, study_storage, trial_id
+from sweeper._phase import confirmation_of
 from sweeper._storage import first_line, is_transient, with_retries
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,15 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         runs = len(retry_history(trial)) + 1
         who = trial.user_attrs.get("worker", "a worker")
         silent = f"trial {trial.number} ({who}) sent no heartbeat for grace_period={self._grace_period} s: FAIL"
+        confirmed = confirmation_of(trial)
+        if confirmed is not None:
+            log.warning(
+                "%s; it is the confirmation run of trial %d with seed %d, which the confirmation phase of a live "
+                "worker (or the next run of this command) runs again",
+                silent,
+                *confirmed,
+            )
+            return
         limit = max_retry(self)
         if limit is not None and runs > limit:
             log.warning("%s, not run again (it ran %d times, max_retry=%d)", silent, runs, limit)

@@ -9,6 +9,9 @@ With several workers on one study, every trial in flight has a heartbeat, stale 
 failed (and queued again) before each ask, and a worker whose budget is spent waits a grace period for the
 trials of other workers, so that one lost by a dead worker is still run. Every database call is retried while
 the connection is lost, for up to `reconnect_timeout` seconds; then the worker stops with a clear error.
+
+The confirmation phase runs through the same loop (same launcher, slots and heartbeats) with a `TrialSource` that
+claims confirmation runs instead of asking the sampler (`sweeper._confirm_runs`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import optuna
 from hydra.core.utils import JobReturn
@@ -29,6 +32,7 @@ from sweeper._gate import LaunchGate, broke_the_pool
 from sweeper._heartbeat import WORKER, Heartbeat
 from sweeper._isolation import JobBoundary, forget_frames
 from sweeper._outcome import Outcome, describe_error, job_exception, judge, log_failure, record, tell
+from sweeper._phase import search_trials
 from sweeper._settings import SweepError
 from sweeper._storage import first_line, is_transient, with_retries
 
@@ -40,11 +44,19 @@ T = TypeVar("T")
 MAX_IDLE_POLL_S = 5.0
 
 
+class TrialSource(Protocol):
+    """Where a slot's next trial comes from when it is not the sampler: a trial created RUNNING for this worker."""
+
+    def take(self) -> optuna.Trial | None: ...
+
+    def progress(self, number: int, outcome: Outcome) -> str: ...
+
+
 class TrialLoop:
     def __init__(
         self,
         study: optuna.Study,
-        budget: Budget,
+        budget: Budget | None,
         distributions: dict[str, Any],
         prepare: Prepare,
         launch: Launch,
@@ -53,8 +65,10 @@ class TrialLoop:
         heartbeat: Heartbeat,
         reconnect_timeout: float,
         storage_name: str,
+        source: TrialSource | None = None,
     ) -> None:
         self.study = study
+        self.source = source  # None: the search (budget and sampler)
         self.budget = budget
         self.distributions = distributions
         self.prepare = prepare
@@ -199,6 +213,9 @@ class TrialLoop:
         self._before_ask()
         if self.stop_reason is not None:
             return None
+        if self.source is not None:
+            return self._take(self.source)
+        assert self.budget is not None, "the search needs its budget"
         if not self._db(lambda: self.budget.runnable(self.study), "counting the study's trials"):
             return None
         # a queued retry of a dead worker's trial comes first: study.ask pops WAITING trials
@@ -211,6 +228,15 @@ class TrialLoop:
             self.heartbeat.remove(trial)
             self._in_flight.pop(trial.number, None)
             return None
+        self._db(lambda: trial.set_user_attr("worker", WORKER), f"starting trial {trial.number}")
+        return trial
+
+    def _take(self, source: TrialSource) -> optuna.Trial | None:
+        trial = self._db(source.take, "claiming a confirmation run")
+        if trial is None:
+            return None
+        self._in_flight[trial.number] = trial
+        self._db(lambda: self.heartbeat.add(trial), f"starting the heartbeat of trial {trial.number}")
         self._db(lambda: trial.set_user_attr("worker", WORKER), f"starting trial {trial.number}")
         return trial
 
@@ -329,9 +355,13 @@ class TrialLoop:
                 )
                 log.error("Stopping the sweep: %s (last: %s).", self.stop_reason, outcome.reason)
             return
-        trials = self._db(lambda: self.study.get_trials(deepcopy=False), "counting the study's trials")
+        if self.source is not None:
+            source = self.source
+            log.info("%s", self._db(lambda: source.progress(number, outcome), "counting the confirmation runs"))
+            return
+        trials = search_trials(self._db(lambda: self.study.get_trials(deepcopy=False), "counting the study's trials"))
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        progress = f"[{done}/{self.budget.n_trials}]"
+        progress = f"[{done}/{self.budget.in_effect if self.budget else '?'}]"
         if outcome.state == TrialState.PRUNED:
             log.info("%s trial %d PRUNED", progress, number)
             return

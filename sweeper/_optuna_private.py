@@ -84,3 +84,14 @@ def retry_history(trial: FrozenTrial) -> list[int]:
     call (every budget check), and silencing that from worker threads is not thread-safe.
     """
     return list(trial.system_attrs.get(RETRY_HISTORY_ATTR, []))
+
+
+def create_trial(study: optuna.Study, template: FrozenTrial) -> int:
+    """A new trial of `study` copied from `template` (state, params, attributes), created in one storage call; its
+    id. A confirmation run is created RUNNING this way, so no `study.ask` of the search can take it as queued work.
+
+    `study._study_id` is private; `BaseStorage.create_new_trial(study_id, template_trial)` is public.
+    Public replacement: `study.add_trial(template)`, which returns nothing: the new trial's number (which decides
+    the race when two workers create the same run) would have to be looked up.
+    """
+    return study_storage(study).create_new_trial(study._study_id, template_trial=template)

@@ -113,3 +113,19 @@ def _blame(space: SearchSpace, first: dict[str, Any], refused: dict[tuple[str | 
             fixed = " ".join(space.overrides(first)) or "the app's defaults"
             out = [f"{fixed}: {base}"] + [o for o in out if not o.endswith(base)]
     return list(dict.fromkeys(out))
+
+
+def preflight_confirmation(space: SearchSpace, compose: Compose, check: Check | None, overrides: list[str]) -> None:
+    """Before the search, when a confirmation phase follows: a confirmation run's overrides (`overrides`: the seed,
+    phase and trial keys the app must have) compose and pass the app's check, so the search does not run in vain."""
+    first = space.overrides({name: probe_values(p.distribution)[0] for name, p in space.params.items()})
+    try:
+        cfg = compose(first + overrides)
+        if check is not None:
+            check(job_view(cfg))
+    except Exception as e:
+        raise ValueError(
+            f"A confirmation run (confirm.seeds > 0) sets {' '.join(overrides)}, which must compose with the app's "
+            f"config and pass its check, but got: {_one_line(e)}; set hydra.sweeper.confirm.seeds=0 for an app "
+            "without these keys."
+        ) from None

@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 
 FIXED_ATTR = "fixed_settings"  # study user attribute: {key: value} of the fixed overrides (secrets left out)
 SPACE_ATTR = "search_space"  # study user attribute: {name: Optuna's JSON of the distribution}
+TRIAL_FIXED_ATTR = "lorasweep:fixed"  # trial system attribute: the fixed settings it ran with (`SearchSpace.recorded`)
+
+
+def ran_with(trial: FrozenTrial, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The fixed settings `trial` ran with; a trial of an older sweep has them only as user attributes."""
+    recorded = trial.system_attrs.get(TRIAL_FIXED_ATTR)
+    return dict(recorded) if recorded is not None else {k: trial.user_attrs.get(k) for k in fixed}
+
+
+def same_settings(trial: FrozenTrial, fixed: dict[str, Any]) -> bool:
+    """Whether `trial` ran with these fixed settings (an extended study also holds trials of earlier ones)."""
+    return ran_with(trial, fixed) == dict(fixed)
 
 
 def _shown(fixed: dict[str, Any], space: dict[str, BaseDistribution], key: str) -> str | None:
@@ -70,9 +82,12 @@ def _unstorable(trials: list[FrozenTrial], space: dict[str, BaseDistribution]) -
     return out
 
 
-def check_or_record(study: optuna.Study, space: SearchSpace, *, extend: bool) -> None:
+def check_or_record(study: optuna.Study, space: SearchSpace, *, extend: bool, grid: bool = False) -> None:
     """Record this command's settings on a study without trials; on one with trials, refuse other settings unless
-    `extend` (then they become the recorded settings). Raises ValueError with one line."""
+    `extend` (then they become the recorded settings). Raises ValueError with one line.
+
+    Under the grid sampler an extension may widen the search space but not change a fixed setting: Optuna's grid
+    sampler takes each grid point once per study, whatever the settings it ran with, so it would run nothing."""
     fixed, distributions = space.recorded(), space.distributions
     attrs = study.user_attrs
     trials = study.get_trials(deepcopy=False)
@@ -95,6 +110,14 @@ def check_or_record(study: optuna.Study, space: SearchSpace, *, extend: bool) ->
                 f"{'; '.join(changed)} for study {study.study_name!r}; start a new study with "
                 "hydra.sweeper.study_name=<new name>, or add trials with these settings to it with "
                 "hydra.sweeper.extend_study=true."
+            )
+        stored_fixed = attrs[FIXED_ATTR]
+        if grid and any(fixed.get(k) != stored_fixed.get(k) for k in set(fixed) | set(stored_fixed)):
+            raise ValueError(
+                "extend_study under the grid sampler must keep the study's fixed settings (Optuna's grid sampler "
+                f"runs each point once per study), but got {'; '.join(changed)} for study {study.study_name!r}; "
+                "start a new study with hydra.sweeper.study_name=<new name>, or use another sampler (a space of "
+                "lists and ranges still runs each point once, per settings)."
             )
         log.warning(
             "Study %r extended with other settings (extend_study=true): %s", study.study_name, "; ".join(changed)

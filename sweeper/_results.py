@@ -15,6 +15,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper._budget import is_not_run
+from sweeper._phase import is_confirmation, search_trials
 from sweeper._storage import JOURNAL_PREFIX, mask_url, url_scheme
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,22 @@ def _solution(trial: FrozenTrial) -> dict[str, Any]:
     return {"number": trial.number, "params": dict(trial.params), "values": [_plain(v) for v in trial.values]}
 
 
-def state_counts(study: optuna.Study) -> dict[str, int]:
-    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False) if not is_not_run(t))
+def state_counts(study: optuna.Study, confirmation: bool = False) -> dict[str, int]:
+    """Trials per state: the search's, or (`confirmation`) the confirmation runs'; trials closed unrun left out."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_not_run(t) and is_confirmation(t) == confirmation]
+    counts = Counter(t.state.name for t in trials)
     return {state.name: counts[state.name] for state in TrialState if counts[state.name]}
 
 
-def summarize(study: optuna.Study, storage_url: str | None, n_trials: int, fixed: dict[str, Any]) -> dict[str, Any]:
-    """What optimization_results.yaml holds: the study, its trial counts, and its best result(s)."""
+def summarize(
+    study: optuna.Study,
+    storage_url: str | None,
+    n_trials: int,
+    fixed: dict[str, Any],
+    confirmed: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What optimization_results.yaml holds: the study, its trial counts, and its best result(s), all of the
+    search (a confirmation run with a lucky seed is not the best trial); then the confirmed configurations."""
     results: dict[str, Any] = {
         "name": "lorasweep",
         "study_name": study.study_name,
@@ -47,15 +57,25 @@ def summarize(study: optuna.Study, storage_url: str | None, n_trials: int, fixed
         "trials": state_counts(study),
         "fixed_params": fixed,
     }
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = search_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if len(study.directions) == 1:
-        best = study.best_trial if complete else None
+        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        best = min(complete, key=lambda t: (sign * t.value, t.number)) if complete else None  # ties: the earliest
         results["best_trial"] = best.number if best else None
         results["best_params"] = dict(best.params) if best else None
         results["best_value"] = _plain(best.value) if best else None
     else:
-        results["solutions"] = [_solution(t) for t in (study.best_trials if complete else [])]
+        results["solutions"] = [_solution(t) for t in _pareto(study, complete)]
+    if confirmed is not None:
+        results["confirmation_runs"] = state_counts(study, confirmation=True)
+        results["confirmed"] = confirmed
     return results
+
+
+def _pareto(study: optuna.Study, complete: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The study's Pareto front among its search trials."""
+    front = {t.number for t in study.best_trials} if complete else set()
+    return [t for t in complete if t.number in front]
 
 
 def write_results(results: dict[str, Any], sweep_dir: Path) -> Path:
@@ -97,6 +117,9 @@ def report(results: dict[str, Any], path: Path, storage_url: str | None, launch_
     """Log the best result(s), where they were written, and the two commands to look at the study."""
     counts = ", ".join(f"{n} {state}" for state, n in results["trials"].items()) or "no trials"
     log.info("Study %r: %s.", results["study_name"], counts)
+    if "confirmation_runs" in results:
+        runs = ", ".join(f"{n} {state}" for state, n in results["confirmation_runs"].items()) or "none"
+        log.info("Confirmation runs: %s.", runs)
     if "solutions" in results:
         log.info("Pareto front: %d trial(s).", len(results["solutions"]))
         for s in results["solutions"]:
@@ -106,6 +129,9 @@ def report(results: dict[str, Any], path: Path, storage_url: str | None, launch_
     else:
         log.info("Best value: %s (trial %d)", results["best_value"], results["best_trial"])
         log.info("Best parameters: %s", results["best_params"])
+    for row in results.get("confirmed") or []:
+        seeds = ", ".join(f"{s}: {'—' if v is None else f'{v:.6g}'}" for s, v in row["values"].items())
+        log.info("Confirmed trial %d (search %.6g): seeds %s", row["trial"], row["search_value"], seeds)
     log.info("Results written to %s", path)
     if storage_url is None:
         log.info("The study was kept in memory (storage=null): nothing else remains of it.")

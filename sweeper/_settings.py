@@ -1,10 +1,17 @@
-"""The sweeper's keys, checked once when Hydra builds the sweeper: one rule, one error, in Optuna's form."""
+"""The sweeper's keys, checked once when Hydra builds the sweeper: one rule, one error, in Optuna's form.
+
+The sweeper is a Hydra plugin that knows nothing of the app (it may sweep any Hydra app), so its rules live here
+beside its schema (`sweeper._config.LorasweepSweeperConf`), not with the app's (`tasks.config.checks`). Hydra calls
+`build_settings` directly with the node's values, and a key added with `+hydra.sweeper...` reaches it too: the
+unknown-key check is kept for that.
+"""
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.errors import CompactHydraException
@@ -12,13 +19,14 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeper._config import PRUNERS, SAMPLERS, LorasweepSweeperConf
+from sweeper._confirm_settings import ConfirmSettings, confirm_settings
 from sweeper._storage import STORAGE_SCHEMES, mask_url, url_scheme
 
 DIRECTIONS = ("minimize", "maximize")
 # several workers: heartbeats, stale trials, reconnection (keys hydra-optuna-sweeper does not have)
 LIVENESS_KEYS = ("heartbeat_interval", "grace_period", "max_retry", "reconnect_timeout")
 # other keys hydra-optuna-sweeper does not have: a config written for it lacks them, so they take their defaults
-OWN_KEYS = (*LIVENESS_KEYS, "extend_study", "check", "pack")
+OWN_KEYS = (*LIVENESS_KEYS, "extend_study", "check", "confirm", "pack")
 KEYS = (
     "sampler",
     "pruner",
@@ -35,6 +43,7 @@ KEYS = (
     "custom_search_space",
     "check",
     *LIVENESS_KEYS,
+    "confirm",
     "pack",
 )
 
@@ -62,6 +71,7 @@ class Settings:
     grace_period: int | None
     max_retry: int | None
     reconnect_timeout: float
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     pack_size: int = 1  # trials per job over one shared base (sweeper._pack); 1 = no packing
 
     @property
@@ -90,11 +100,13 @@ def build_settings(**raw: Any) -> Settings:
     """Validate `hydra.sweeper.*` (as Hydra passes them) into Settings; raise ValueError on the first bad key."""
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
-        raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}.")
+        near = {k: difflib.get_close_matches(k, KEYS, n=1) for k in unknown}
+        hints = "".join(f" (did you mean {near[k][0]} for {k}?)" for k in unknown if near[k])
+        raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}{hints}.")
     cfg = {key: _plain(raw.get(key)) for key in KEYS}
     for key in OWN_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
         if key not in raw:
-            cfg[key] = getattr(LorasweepSweeperConf, key, None)  # None: a node with its own default (pack)
+            cfg[key] = getattr(LorasweepSweeperConf, key, None)  # None: a node with its own default (confirm, pack)
 
     direction = cfg["direction"]
     directions = [direction] if isinstance(direction, str) else direction
@@ -155,6 +167,12 @@ def build_settings(**raw: Any) -> Settings:
 
     _check_liveness(cfg)
     pack_size = _pack_size(cfg["pack"])
+    confirm = confirm_settings(cfg["confirm"])
+    if confirm.enabled and len(directions) > 1:
+        raise ValueError(
+            "`confirm.seeds` needs a single objective to rank configurations by, but got "
+            f"confirm.seeds={confirm.seeds} with direction={directions}; set confirm.seeds=0."
+        )
 
     for group in ("sampler", "pruner"):
         node = cfg[group]
@@ -182,6 +200,7 @@ def build_settings(**raw: Any) -> Settings:
         grace_period=cfg["grace_period"],
         max_retry=cfg["max_retry"],
         reconnect_timeout=float(cfg["reconnect_timeout"]),
+        confirm=confirm,
         pack_size=pack_size,
     )
 

@@ -17,15 +17,18 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sweeper._budget import Budget
+from sweeper._confirm import SEED_KEY, confirm_overrides
+from sweeper._confirm_phase import ConfirmPhase
 from sweeper._finite import DistinctPointSampler, FiniteSpace
 from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
 from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
 from sweeper._optuna_private import study_storage, trial_id
 from sweeper._pack import Packer, check_packing, probe_overrides
-from sweeper._preflight import job_view, preflight, registered_check
+from sweeper._phase import SearchOnlySampler, confirmation_of
+from sweeper._preflight import job_view, preflight, preflight_confirmation, registered_check
 from sweeper._pruners import GROUP_ATTR, GROUP_BY, GroupedPruner, build_pruner, group_values, pruner_name
-from sweeper._recorded import check_or_record
+from sweeper._recorded import TRIAL_FIXED_ATTR, check_or_record
 from sweeper._results import report, summarize, write_results
 from sweeper._samplers import build_sampler, sampler_class, sampler_name
 from sweeper._settings import Settings, SweepError, build_settings, failures_allowed
@@ -76,21 +79,11 @@ class OptunaSweeper:
         except ValueError as e:  # bad input: one line, before any trial runs
             raise SweepError(str(e)) from None
         s = self.settings
-        loop = TrialLoop(
-            study=study,
-            budget=budget,
-            distributions=space.distributions,
-            prepare=lambda trial: self._prepare(trial, space, study.study_name),
-            launch=self._launch,
-            n_workers=n_workers,
-            failures_allowed=failures_allowed(s, budget.n_trials),
-            heartbeat=Heartbeat(study, s.grace_s or 0),
-            reconnect_timeout=s.reconnect_timeout,
-            storage_name=mask_url(storage_url),
-        )
-        loop.packer = self.packer
-        loop.run()
-        if budget.exhausted(study) and budget.n_trials < budget.requested:
+        phase = self._confirm_phase(study, space, storage_url, n_workers) if s.confirm.enabled else None
+        loop = self._search(study, space, budget, storage_url, n_workers)
+        while phase is not None and loop.stop_reason is None and phase.search_waits():
+            loop = self._search(study, space, budget, storage_url, n_workers)  # a dead worker's trial, queued again
+        if budget.exhausted(study) and budget.finite is not None and budget.finite.n_points < budget.requested:
             assert budget.finite is not None
             log.info(
                 "All %d points of the search space (%s) have run, each once: the sweep stops short of n_trials=%d.",
@@ -98,19 +91,65 @@ class OptunaSweeper:
                 budget.finite.describe(),
                 budget.requested,
             )
+        confirmed = phase.run() if phase is not None and loop.stop_reason is None else None
 
-        results = summarize(study, storage_url, budget.n_trials, space.recorded())
+        results = summarize(study, storage_url, budget.n_trials, space.recorded(), confirmed)
         path = write_results(results, Path(str(self.config.hydra.sweep.dir)))
         report(results, path, storage_url, str(self.config.hydra.runtime.cwd))
+        if phase is not None and phase.loop is not None and phase.loop.stop_reason is not None:
+            loop = phase.loop
         if loop.stop_reason is not None and loop.failures > loop.failures_allowed:
             assert loop.last_failure is not None
             number, reason = loop.last_failure
             last = " ".join(reason.split())
+            total = getattr(loop.source, "total", 0)
+            what = f"{total} confirmation runs" if loop.source is not None else f"n_trials={budget.in_effect}"
             raise SweepError(
                 f"The sweep stopped early: {loop.stop_reason} (max_failure_rate={s.max_failure_rate}, "
-                f"n_trials={budget.n_trials}). Last failure, trial {number}: {last[:500]} "
+                f"{what}). Last failure, trial {number}: {last[:500]} "
                 f"(each trial's reason is its fail_reason in study {study.study_name!r})."
             )
+
+    def _search(
+        self, study: optuna.Study, space: SearchSpace, budget: Budget, storage_url: str | None, n_workers: int
+    ) -> TrialLoop:
+        s = self.settings
+        loop = TrialLoop(
+            study=study,
+            budget=budget,
+            distributions=space.distributions,
+            prepare=lambda trial: self._prepare(trial, space, study.study_name),
+            launch=self._launch,
+            n_workers=n_workers,
+            failures_allowed=failures_allowed(s, budget.in_effect),
+            heartbeat=Heartbeat(study, s.grace_s or 0),
+            reconnect_timeout=s.reconnect_timeout,
+            storage_name=mask_url(storage_url),
+        )
+        loop.packer = self.packer  # search trials only: confirmation runs run alone
+        loop.run()
+        return loop
+
+    def _confirm_phase(
+        self, study: optuna.Study, space: SearchSpace, storage_url: str | None, n_workers: int
+    ) -> ConfirmPhase:
+        assert self.config is not None and self.hydra_context is not None
+        loader, config, name = self.hydra_context.config_loader, self.config, study.study_name
+
+        def compose(trial: optuna.trial.FrozenTrial) -> DictConfig:
+            overrides = space.overrides(_values(trial.params, space)) + _trial_identity(name, trial.number)
+            return loader.load_sweep_config(config, overrides)
+
+        return ConfirmPhase(
+            study=study,
+            settings=self.settings,
+            space=space,
+            compose=compose,
+            prepare=lambda trial: self._prepare(trial, space, name),
+            launch=self._launch,
+            n_workers=n_workers,
+            storage_name=mask_url(storage_url),
+        )
 
     def _open(self, arguments: list[str]) -> tuple[optuna.Study, SearchSpace, Budget, str | None, int]:
         """Parse and check the search space, then create or load the study: everything before the first trial."""
@@ -139,12 +178,14 @@ class OptunaSweeper:
                 f"The study's storage must be a database this worker can open, but got storage={mask_url(storage_url)} "
                 f"({first_line(e)})."
             ) from None
-        check_or_record(study, space, extend=s.extend_study)
+        check_or_record(study, space, extend=s.extend_study, grid=n_grid is not None)
         if storage_url is None:
             register_local_study(study)
-        finite = FiniteSpace.of(space) if n_grid is None and self.custom_search_space is None else None
+        plain = n_grid is None and self.custom_search_space is None
+        finite = FiniteSpace.of(space, space.recorded()) if plain else None
         if finite is not None:
             sampler = study.sampler = DistinctPointSampler(study.sampler, finite, s.sampler.get("seed"))
+        sampler = study.sampler = SearchOnlySampler(study.sampler)  # blind to confirmation runs (sweeper._phase)
         budget = Budget(s.n_trials, space.grid() if n_grid is not None else None, finite)
         n_workers = 1 if isinstance(self.launcher, BasicLauncher) else s.n_jobs
         self._log_start(study, storage_url, space, budget, sampler, pruner, n_workers)
@@ -152,9 +193,11 @@ class OptunaSweeper:
         return study, space, budget, storage_url, n_workers
 
     def _prepare(self, trial: optuna.Trial, space: SearchSpace, study_name: str) -> list[str]:
-        """Record the fixed values, run custom_search_space, and build the job's overrides."""
+        """Record the fixed values, run custom_search_space, and build the job's overrides (a confirmation run's:
+        its search trial's, with the confirmation seed and phase)."""
         for name, value in space.recorded().items():
             trial.set_user_attr(name, value)
+        study_storage(trial.study).set_trial_system_attr(trial_id(trial), TRIAL_FIXED_ATTR, space.recorded())
         names = self.settings.metric_names
         if names:
             trial.set_user_attr("objective_name", names[0] if len(names) == 1 else names)
@@ -163,31 +206,17 @@ class OptunaSweeper:
         overlap = sorted(set(trial.params) & set(space.fixed))
         if overlap:
             raise ValueError(f"custom_search_space must not suggest fixed keys, but got {overlap}.")
-        values = {name: trial.params[name] for name in space.params}
-        values.update({k: v for k, v in trial.params.items() if k not in values})
-        task_overrides = space.overrides(values)
+        task_overrides = space.overrides(_values(trial.params, space))
         sampled = task_overrides[len(space.fixed) :]  # the fixed ones were listed when the sweep started
+        confirms = confirmation_of(study_storage(trial.study).get_trial(trial_id(trial)))
+        if confirms is not None:
+            number, seed = confirms
+            log.info("trial %d: confirmation run of trial %d with %s=%d", trial.number, number, SEED_KEY, seed)
+            return confirm_overrides(task_overrides, *confirms) + _trial_identity(study_name, trial.number)
         log.info("trial %d: %s", trial.number, " ".join(sampled) or "(no searched parameters)")
         overrides = task_overrides + _trial_identity(study_name, trial.number)
         self._record_group(trial, overrides)
         return overrides
-
-    def _packer(self, space: SearchSpace, study_name: str, storage_url: str | None) -> Packer | None:
-        """With pack.size > 1: refuse what cannot pack (one line), else how trials are keyed for packs."""
-        size = self.settings.pack_size
-        if size <= 1:
-            return None
-        assert self.config is not None and self.hydra_context is not None
-        loader, config = self.hydra_context.config_loader, self.config
-        compose = lambda overrides: job_view(loader.load_sweep_config(config, overrides))
-        probes = [compose(o + _trial_identity(study_name, 0)) for o in probe_overrides(space)]
-        key = check_packing(size, self.launcher, storage_url, probes)
-        assert key is not None
-        log.info("Packing: up to %d trials that can share a base model train together in one job (pack.size)", size)
-        sampler = self.settings.sampler
-        if sampler["_target_"].endswith("TPESampler") and not sampler.get("constant_liar"):
-            log.info("    TPE proposes alike points for trials in flight together: constant_liar=true spreads them")
-        return Packer(size, lambda overrides: key(compose(overrides)))
 
     def _record_group(self, trial: optuna.Trial, overrides: list[str]) -> None:
         """Record the trial's values of the pruner's group_by keys, read from its composed config (as the job
@@ -215,6 +244,26 @@ class OptunaSweeper:
         loader, config = self.hydra_context.config_loader, self.config
         compose = lambda overrides: loader.load_sweep_config(config, overrides + _trial_identity(study_name, 0))
         preflight(space, compose, self.check, self.check_name)
+        confirm = self.settings.confirm
+        if confirm.enabled:
+            preflight_confirmation(space, compose, self.check, confirm_overrides([], 0, confirm.seed_base))
+
+    def _packer(self, space: SearchSpace, study_name: str, storage_url: str | None) -> Packer | None:
+        """With pack.size > 1: refuse what cannot pack (one line), else how trials are keyed for packs."""
+        size = self.settings.pack_size
+        if size <= 1:
+            return None
+        assert self.config is not None and self.hydra_context is not None
+        loader, config = self.hydra_context.config_loader, self.config
+        compose = lambda overrides: job_view(loader.load_sweep_config(config, overrides))
+        probes = [compose(o + _trial_identity(study_name, 0)) for o in probe_overrides(space)]
+        key = check_packing(size, self.launcher, storage_url, probes)
+        assert key is not None
+        log.info("Packing: up to %d trials that can share a base model train together in one job (pack.size)", size)
+        sampler = self.settings.sampler
+        if sampler["_target_"].endswith("TPESampler") and not sampler.get("constant_liar"):
+            log.info("    TPE proposes alike points for trials in flight together: constant_liar=true spreads them")
+        return Packer(size, lambda overrides: key(compose(overrides)))
 
     @staticmethod
     def _check_pruner_groups(space: SearchSpace, pruner: optuna.pruners.BasePruner) -> None:
@@ -294,6 +343,13 @@ def heartbeat_settings(settings: Settings) -> HeartbeatSettings | None:
     quiet_heartbeat_warnings()
     retry = RetryStaleTrial(settings.max_retry, settings.grace_s, settings.reconnect_timeout)
     return HeartbeatSettings(settings.heartbeat_interval, settings.grace_s, retry)
+
+
+def _values(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """A trial's values in the search space's order, then any custom_search_space ones."""
+    values = {name: params[name] for name in space.params}
+    values.update({k: v for k, v in params.items() if k not in values})
+    return values
 
 
 def _trial_identity(study_name: str, number: int) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import optuna
 
 from sweeper._optuna_private import trial_id, trial_id_of_number
+from sweeper._phase import SearchOnlyPruner
 from sweeper._pruners import build_pruner
 from sweeper._storage import DEFAULT_RECONNECT_TIMEOUT_S, absolute_url, open_storage, with_retries
 
@@ -232,7 +233,9 @@ def _open_handle(study_name: str, number: int) -> TrialHandle | None:
         from omegaconf import OmegaConf
 
         spec = OmegaConf.to_container(sweeper_cfg.pruner, resolve=True)
-        study.pruner = build_pruner(spec, len(study.directions) > 1, quiet=True)
+        pruner = build_pruner(spec, len(study.directions) > 1, quiet=True)
+        # search trials are compared with search trials; a confirmation run is never pruned
+        study.pruner = pruner if isinstance(pruner, optuna.pruners.NopPruner) else SearchOnlyPruner(pruner)
     timeout_s = _reconnect_timeout(sweeper_cfg)
     trial_id = with_retries(
         lambda: trial_id_of_number(study, number),

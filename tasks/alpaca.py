@@ -99,21 +99,6 @@ class Alpaca(Task):
 
     name = "alpaca"
     kind: ClassVar[str] = "lm"
-    defaults: ClassVar[dict[str, Any]] = {
-        "objective": "perplexity",
-        "hub_id": "tatsu-lab/alpaca",
-        "revision": "dce01c9b08f87459cf36a430d809084718273017",
-        "path": None,
-        "train_size": 12000,
-        "val_size": 1500,
-        "test_size": 100,
-        "max_output_chars": 512,
-        "max_length": 512,
-        "mask_prompt": True,
-        "prompt_style": "alpaca",
-        "val_generate_size": 100,
-        "seed": 0,
-    }
 
     def problems(self, s: dict[str, Any]) -> list[str | None]:
         out = super().problems(s)
@@ -122,11 +107,11 @@ class Alpaca(Task):
                 f"task.prompt_style must be one of {', '.join(PROMPT_STYLES)}, "
                 f"but got prompt_style={s['prompt_style']!r}"
             )
-        vg = s.get("val_generate_size")
-        if isinstance(vg, bool) or not isinstance(vg, int) or vg < 0:
+        vg = s["val_generate_size"]
+        if vg < 0:
             out.append(f"`task.val_generate_size >= 0` must hold (a row count), but got val_generate_size={vg!r}")
-        mc = s.get("max_output_chars")
-        if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
+        mc = s["max_output_chars"]
+        if mc is not None and mc < 1:
             out.append(f"`task.max_output_chars >= 1` must hold (or null = no limit), but got max_output_chars={mc!r}")
         for key in ("train_size", "val_size", "test_size"):
             if isinstance(s.get(key), float) or (key != "train_size" and s.get(key) is None):

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tasks import cache
 from tasks.batching import TokenizedSplit
@@ -49,13 +50,13 @@ class TaskData:
 class Task:
     """A dataset turned into token splits, plus its loss and metrics.
 
-    Subclasses set `name`, `kind`, `defaults` (every setting with its default) and implement `source`, `build`,
-    `compute_loss` and `evaluate`.
+    Subclasses set `name` and `kind` and implement `source`, `build`, `compute_loss` and `evaluate`. Their settings
+    are conf/task/<name>.yaml's (keys and types: its schema in `tasks.config.schema`), with the values given over
+    them; `problems` adds what a schema cannot say (ranges, files, rules across keys).
     """
 
     name: ClassVar[str]
     kind: ClassVar[str]  # "lm" | "classification"
-    defaults: ClassVar[dict[str, Any]]
 
     def __init__(self, task_cfg: Mapping[str, Any] | DictConfig | None = None) -> None:
         self.settings = self.resolve(task_cfg)
@@ -64,34 +65,35 @@ class Task:
     # ------------------------------------------------------------------------------------------- settings
 
     def resolve(self, task_cfg: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
-        """`task_cfg` over the defaults, checked; one `ValueError` listing every problem."""
+        """`task_cfg` over conf/task/<name>.yaml, typed by its schema and checked; one `ValueError` listing every
+        problem (a key the task does not have is one, with the nearest it has)."""
+        from tasks.config.keys import schema_problem
+        from tasks.config.options import option_config
+
         given = OmegaConf.to_container(task_cfg, resolve=True) if isinstance(task_cfg, DictConfig) else task_cfg
-        given = dict(given or {})
-        unknown = sorted(set(given) - set(self.defaults) - {"name"})
-        if unknown:
-            log.warning("task %s ignores unknown settings %s (known: %s)", self.name, unknown, sorted(self.defaults))
-        settings = {**self.defaults, **{k: v for k, v in given.items() if k in self.defaults}, "name": self.name}
+        given = {**dict(given or {}), "name": self.name}
+        try:
+            node = OmegaConf.merge(option_config("task", self.name), given)
+        except OmegaConfBaseException as e:
+            raise ValueError(f"task {self.name}: {schema_problem(e, given, 'task.')}") from None
+        settings = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(settings, dict)
         problems = [p for p in self.problems(settings) if p]
         if problems:
             raise ValueError(f"task {self.name}: " + "; ".join(problems))
         return settings
 
     def problems(self, s: dict[str, Any]) -> list[str | None]:
-        """Why settings `s` cannot work (subclasses add theirs)."""
+        """Why settings `s` cannot work, beyond their types (subclasses add theirs)."""
         out = [size_problem(k, s.get(k)) for k in ("train_size", "val_size", "test_size")]
         ml = s.get("max_length")
-        if ml is not None and (isinstance(ml, bool) or not isinstance(ml, int) or ml < 2):
+        if ml is not None and ml < 2:
             out.append(f"`task.max_length >= 2` must hold (or null = the model's context), but got max_length={ml!r}")
-        if isinstance(s.get("seed"), bool) or not isinstance(s.get("seed"), int):
-            out.append(f"task.seed must be an integer, but got seed={s.get('seed')!r}")
         if "truncation_side" in s and s["truncation_side"] not in TRUNCATION_SIDES:
             out.append(
                 f"task.truncation_side must be one of {', '.join(TRUNCATION_SIDES)}, "
                 f"but got truncation_side={s['truncation_side']!r}"
             )
-        for key in ("balance", "mask_prompt"):
-            if key in s and not isinstance(s[key], bool):
-                out.append(f"task.{key} must be true or false, but got {key}={s[key]!r}")
         path = s.get("path")
         if path is not None and not Path(str(path)).expanduser().exists():
             out.append(f"task.path must be an existing file or folder, but got path={path!r}")

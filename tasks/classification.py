@@ -41,20 +41,6 @@ from tasks.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
-COMMON_DEFAULTS: dict[str, Any] = {
-    "objective": "accuracy",
-    "hub_id": None,
-    "revision": None,
-    "path": None,
-    "train_size": None,
-    "val_size": None,
-    "test_size": None,
-    "max_length": 256,
-    "truncation_side": "right",
-    "balance": False,
-    "seed": 0,
-}
-
 
 def frame(texts: pd.Series, labels: pd.Series) -> pd.DataFrame:
     """The reader output: text and raw label as strings, plus the 1-based row number for error messages."""
@@ -224,13 +210,6 @@ class SST2(ClassificationTask):
     hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "validation"}
     hub_columns = ("sentence", "label")
     local_files: ClassVar[dict[str, str]] = {"train": "train.tsv", "test": "dev.tsv"}
-    defaults: ClassVar[dict[str, Any]] = {
-        **COMMON_DEFAULTS,
-        "hub_id": "stanfordnlp/sst2",
-        "revision": "8d51e7e4887a4caaa95b3fbebbf53c0490b58bbb",
-        "val_size": 1000,
-        "max_length": 128,
-    }
 
     def read_local(self, path: Path) -> pd.DataFrame:
         df = read_delimited(path, sep="\t", header=True, quoted=False)
@@ -246,12 +225,6 @@ class AGNews(ClassificationTask):
     fixed_class_names = ("World", "Sports", "Business", "Sci/Tech")
     hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
     local_files: ClassVar[dict[str, str]] = {"train": "train.csv", "test": "test.csv"}
-    defaults: ClassVar[dict[str, Any]] = {
-        **COMMON_DEFAULTS,
-        "hub_id": "fancyzhx/ag_news",
-        "revision": "eb185aade064a813bc0b7f42de02595523103ca4",
-        "val_size": 2000,
-    }
 
     def read_local(self, path: Path) -> pd.DataFrame:
         df = read_delimited(path, sep=",", header=False)
@@ -277,13 +250,6 @@ class SMSSpam(ClassificationTask):
     fixed_class_names = ("ham", "spam")
     hub_columns = ("sms", "label")
     local_files: ClassVar[dict[str, str]] = {"train": "SMSSpamCollection"}
-    defaults: ClassVar[dict[str, Any]] = {
-        **COMMON_DEFAULTS,
-        "hub_id": "ucirvine/sms_spam",
-        "revision": "cae486f927c250fe1d4a5b55f11357964ed1646c",
-        "val_size": 0.1,
-        "test_size": 0.2,
-    }
 
     def read_local(self, path: Path) -> pd.DataFrame:
         df = read_delimited(path, sep="\t", header=False, quoted=False)
@@ -311,16 +277,6 @@ class TextClassification(ClassificationTask):
         "train": ("train",),
         "val": ("val", "validation", "dev"),
         "test": ("test",),
-    }
-    defaults: ClassVar[dict[str, Any]] = {
-        **{k: v for k, v in COMMON_DEFAULTS.items() if k not in ("hub_id", "revision")},  # files only
-        "train_path": None,
-        "val_path": None,
-        "test_path": None,
-        "format": None,
-        "text_column": "text",
-        "label_column": "label",
-        "label_names": None,
     }
 
     def __init__(self, task_cfg: Any = None) -> None:

@@ -16,21 +16,21 @@ import logging
 import sys
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
 
-import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
+import tasks.config  # noqa: F401  (registers the schemas and resolvers conf/config.yaml needs)
 from tasks.base import Task, TaskData
 from tasks.baselines import majority_baseline
 from tasks.batching import TokenizedSplit
+from tasks.config.cli import compose_checked
+from tasks.config.options import CONF_DIR
 from tasks.registry import get_task
 from tasks.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PERCENTILES = (50, 90, 99)
 
 
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = compose(argv)
+        cfg = compose_checked(compose, argv)  # a bad key or option: one line with the nearest real one
         task = get_task(cfg.task)
         data = task.load(cfg.task, n_positions(cfg), cache_dir=cfg.paths.cache_dir)
     except (ValueError, OSError, RuntimeError, HydraException, OmegaConfBaseException) as e:

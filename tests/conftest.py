@@ -89,7 +89,7 @@ def compose_cfg(tmp_path: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import tasks.resolvers  # noqa: F401  (registers ${direction:...} and ${cwd:} for conf/config.yaml)
+    import tasks.config  # noqa: F401  (registers the schemas and resolvers conf/config.yaml needs)
 
     def _compose(*overrides: str):
         GlobalHydra.instance().clear()

@@ -251,7 +251,7 @@ def test_verdicts_compare_the_best_trial_of_each_mode_and_word_its_costs(frame):
     assert f"accuracy {lora['value']:.3f} vs {full['value']:.3f}, {points}" in line.text
     params = wording.ratio(lora["trainable_params"], full["trainable_params"], "trainable parameters")
     memory = f"{100 - 100 * lora['peak_memory_mb'] / full['peak_memory_mb']:.0f}% less peak memory"
-    assert line.details.startswith(f"LoRA needs {params}, {memory} and ")
+    assert line.details.startswith(f"LoRA needs {params} and {memory}. Throughput: ")
     assert "e+" not in line.details and answer.SINGLE_RUNS in line.details
     alpaca = answer.verdict_line(verdicts[("alpaca", "medium")])
     assert ", lower is better); margin ±2% of full fine-tuning's value." in alpaca.text

@@ -193,3 +193,28 @@ def test_single_runs_say_so_and_a_run_at_the_majority_class_is_flagged(tmp_path)
     assert line.text.startswith("LoRA r=8 beats full fine-tuning: accuracy 0.950 vs 0.850, 10.0 points higher")
     assert answer.SINGLE_RUNS in line.details
     assert 'Caution: always answering "ham" (the majority class) scores 0.850; full fine-tuning (0.850)' in line.details
+
+
+def test_lora_trials_are_told_apart_by_method_and_targets_not_by_the_keys_the_method_sums_up():
+    """metrics.json's lora_method sums up variant, init, rslora and lr_ratio: tables, labels and plots group by it and
+    by lora_targets, and a swept lora.variant is not a key of its own beside it."""
+    import pandas as pd
+
+    from analysis.schema import lora_variant_keys
+    from analysis.verdicts import lora_keys, lora_label
+
+    df = pd.DataFrame(
+        {
+            "finetune": ["lora", "lora", "lora", "full"],
+            "lora_rank": [8, 8, 8, None],
+            "lora_method": ["lora", "dora", "dora", None],
+            "lora_targets": ["q,v", "q,v", "qkv,attn_proj,fc,mlp_proj", None],
+            "params_lora.variant": ["lora", "dora", "dora", "lora"],
+            "params_lora.targets": ["[q,v]", "[q,v]", "[qkv,attn_proj,fc,mlp_proj]", "[q,v]"],
+        }
+    )
+    assert lora_variant_keys(df.columns) == ["lora_rank", "lora_method", "lora_targets"]
+    keys = lora_keys(df)
+    assert keys == ["lora_rank", "lora_method", "lora_targets"]
+    assert lora_label(df.iloc[1], keys) == "LoRA r=8, method=dora, targets=q,v"
+    assert tables.blank_not_applicable(df).loc[3, "lora_method"] == ""

@@ -29,9 +29,12 @@ def _majority_by_hand(counts: dict[str, int], majority: str) -> tuple[float, flo
     return p, (2 * p / (1 + p)) / 2
 
 
-def test_a_classification_trial_stuck_at_the_majority_class_is_flagged(compose_cfg, sms_args, tmp_path):
+def test_a_classification_trial_stuck_at_the_majority_class_is_flagged(compose_cfg, sms_args, tmp_path, caplog):
     # a learning rate this high on 13% spam drives the tiny model to answer "ham" for every message
-    result = run_trial(compose_cfg(*sms_args, "optim.lr=1e-2"), run_dir=tmp_path / "run")
+    with caplog.at_level("INFO", logger="tasks.train.record"):
+        result = run_trial(compose_cfg(*sms_args, "optim.lr=1e-2"), run_dir=tmp_path / "run")
+    (done,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial done:")]
+    assert f"LEARNED NOTHING: {AT_MAJORITY}" in done, "the trial's closing line says so"
     m, splits = result["metrics"], result["data"]["splits"]
     train_counts = splits["train"]["class_counts"]
     assert m["majority_class"] == max(train_counts, key=train_counts.get) == "ham"
@@ -41,6 +44,8 @@ def test_a_classification_trial_stuck_at_the_majority_class_is_flagged(compose_c
         assert m[f"majority_{split}_macro_f1"] == pytest.approx(f1)
     assert m["val_accuracy"] == pytest.approx(m["majority_val_accuracy"]), "the trial collapsed, as intended"
     assert m["learned"] is False and AT_MAJORITY in m["flags"]
+    rows = splits["train"]["rows"]
+    assert result["steps_per_epoch"] == -(-rows // 16), "a top-level scalar: the study alone gives epochs trained"
 
 
 def test_a_trial_that_does_not_move_is_no_better_than_the_untouched_model(compose_cfg, sms_args, tmp_path):

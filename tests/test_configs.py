@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from tasks.settings import ConfigError, check_config
+from tasks.config.checks import ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -44,6 +44,12 @@ def at(cfg: Any, path: tuple[str, ...]) -> Any:
     return node
 
 
+def package_of(group: str, option: str) -> str:
+    from tasks.config.options import package_of
+
+    return package_of(group, option)
+
+
 def file_content(group: str, option: str) -> tuple[tuple[str, ...], dict[tuple[str, ...], Any]]:
     """Where the option's keys land (its `@package`, else the group path) and its own leaves."""
     path = CONF / group / f"{option}.yaml"
@@ -55,26 +61,21 @@ def file_content(group: str, option: str) -> tuple[tuple[str, ...], dict[tuple[s
     return (() if package == "_global_" else tuple(package.split("."))), leaves(content)
 
 
-def preset_n_layer(cfg: DictConfig) -> int:
-    from model import PRESETS as MODEL_PRESETS
-
-    return MODEL_PRESETS[cfg.model.preset]["n_layer"]
-
-
 # --------------------------------------------------------------------------------------------- every file
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_selected_with_its_own_values_in_place(group, option, compose_cfg):
-    cfg = compose_cfg(f"{group}={option}")
+    extra = ["task.path=."] if option == "text_classification" else []  # your own data: no default file
+    cfg = compose_cfg(f"{group}={option}", *extra)
     assert cfg.hydra.runtime.choices[group] == option
     package, values = file_content(group, option)
     if group in ("experiment", "hparams_search"):  # presets over the whole config, not a node of their own
         assert package == (), f"conf/{group}/{option}.yaml must start with `# @package _global_`"
     for key, value in values.items():
         where = ".".join((*package, *key))
-        if isinstance(value, str) and INTERPOLATION.search(value):
-            continue  # resolved at run time, e.g. ${task.name}
+        if (isinstance(value, str) and INTERPOLATION.search(value)) or f"{where}=." in extra:
+            continue  # resolved at run time, e.g. ${task.name}; or set above
         composed = at(cfg, (*package, *key))
         if OmegaConf.is_config(composed):
             composed = OmegaConf.to_container(composed, resolve=False)
@@ -84,7 +85,39 @@ def test_every_option_composes_selected_with_its_own_values_in_place(group, opti
             f"conf/{group}/{option}.yaml sets {'.'.join(key)}={value!r}, the composed {where}={composed!r}"
         )
     if group not in ("hydra", "hydra/launcher"):
-        check_config(cfg, n_layer=preset_n_layer(cfg))
+        check_config(cfg)
+        assert_composed_against_its_schema(cfg, group, option)
+
+
+def assert_composed_against_its_schema(cfg: DictConfig, group: str, option: str) -> None:
+    """Typed by the schemas, every key of them given a value, no key they lack."""
+    from tasks.config.keys import unknown_keys
+    from tasks.config.schema import SCHEMAS
+
+    assert OmegaConf.get_type(cfg) is SCHEMAS["schema_config"]
+    node = package_of(group, option)
+    if node in cfg and OmegaConf.is_dict(cfg[node]):
+        kind = OmegaConf.get_type(cfg[node])
+        assert kind.__module__ == "tasks.config.schema", f"conf/{group}/{option}.yaml has no schema, but got {kind}"
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    assert not OmegaConf.missing_keys(job), f"conf/ gives no value to {sorted(OmegaConf.missing_keys(job))}"
+    assert unknown_keys(cfg) == []
+
+
+def test_the_schemas_hold_types_only_and_conf_the_defaults():
+    """A default is written once: in conf/ (with its comment), never again in a schema or a task class."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    from tasks import TASKS
+    from tasks.config.schema import SCHEMAS
+
+    for name, schema in SCHEMAS.items():
+        for f in fields(schema):
+            if f.default_factory is not MISSING:  # a nested node: its own schema, itself without defaults
+                assert is_dataclass(f.default_factory()), f"{name}.{f.name}"
+            else:
+                assert f.default == "???", f"{name}.{f.name} declares a default ({f.default!r}); conf/ holds it"
+    assert not any(hasattr(task, "defaults") for task in TASKS.values())
 
 
 def test_the_defaults_are_the_documented_first_run(compose_cfg):
@@ -112,11 +145,10 @@ def dry_setup(cfg: DictConfig, caplog: pytest.LogCaptureFixture) -> None:
     """What a trial checks before any data or model: config, task settings, judge, objective, runtime, preset."""
     from tasks import get_task
     from tasks.judge.settings import JudgeSettings
-    from tasks.train.build import model_preset
     from tasks.train.objective import Objective
     from tasks.train.runtime import resolve_runtime
 
-    check_config(cfg, n_layer=model_preset(cfg).n_layer)
+    check_config(cfg)
     with caplog.at_level(logging.WARNING, logger="tasks.base"):
         get_task(cfg.task)
     assert not [r.getMessage() for r in caplog.records if "ignores unknown settings" in r.getMessage()]
@@ -149,12 +181,12 @@ def test_every_preset_and_every_value_it_searches_passes_a_one_step_dry_setup(gr
             f"conf/{group}/{option}.yaml searches {name}, which is no config key or group"
         )
         for value in searched_values(param.distribution):
-            if is_group:  # another option of a group: compose it
+            if is_group or isinstance(value, str):  # an option, or text to parse (a list: [q,v]): compose it
                 dry_setup(compose_cfg(f"{group}={option}", "trainer.max_steps=1", param.override(value)), caplog)
             else:
                 trial_cfg = cfg.copy()
                 OmegaConf.update(trial_cfg, name, value, merge=False)
-                check_config(trial_cfg, n_layer=preset_n_layer(trial_cfg))
+                check_config(trial_cfg)
 
 
 # ----------------------------------------------------------------------------- what the docs promise
@@ -214,7 +246,7 @@ def test_objective_and_direction_follow_the_task(task, objective, direction, com
 def test_config_check_reports_every_problem_at_once(compose_cfg):
     cfg = compose_cfg("lora.rank=-1", "trainer.batch_size=0", "schedule.warmup_ratio=2", "trainer.reuse=sometimes")
     with pytest.raises(ConfigError) as err:
-        check_config(cfg, n_layer=12)
+        check_config(cfg)
     message = str(err.value)
     assert "\n" not in message
     for field in ("lora.rank=-1", "trainer.batch_size=0", "schedule.warmup_ratio=2", "trainer.reuse='sometimes'"):

@@ -1,4 +1,5 @@
-"""The README and docs/ point at what exists: files, anchors, make targets; the README stays a landing page.
+"""The README and docs/ point at what exists: files, anchors, make targets; the README stays a landing page; the
+reference pages name every key of conf/ and the sweeper, with the defaults the code has.
 
 `mkdocs build --strict` (CI, `make docs`) checks the site; these checks also cover the README, which the site
 does not build, and run in a second without mkdocs installed.
@@ -124,3 +125,109 @@ def test_the_link_checks_catch_a_broken_link_and_anchor(tmp_path: Path):
         encoding="utf-8",
     )
     assert [b.split(" ")[0] for b in _broken(page, tmp_path)] == ["missing.md", "other.md#nope"]
+
+
+# ------------------------------------------------------------------ the configuration reference covers conf/
+
+CONF = ROOT / "conf"
+# conf files whose keys the reference pages must name: (file, the page that documents them)
+DOCUMENTED_CONF = [
+    *[(f"task/{p.stem}.yaml", "configuration.md") for p in sorted((CONF / "task").glob("*.yaml"))],
+    *[(f"model/{p.stem}.yaml", "configuration.md") for p in sorted((CONF / "model").glob("*.yaml"))],
+    *[(f"optim/{p.stem}.yaml", "configuration.md") for p in sorted((CONF / "optim").glob("*.yaml"))],
+    *[(f"schedule/{p.stem}.yaml", "configuration.md") for p in sorted((CONF / "schedule").glob("*.yaml"))],
+    ("finetune/full.yaml", "configuration.md"),
+    ("trainer/default.yaml", "configuration.md"),
+    ("paths/default.yaml", "configuration.md"),
+    ("config.yaml", "configuration.md"),
+    ("hydra/default.yaml", "configuration.md"),
+    ("judge/gemini.yaml", "judge.md"),
+]
+
+
+def _conf_keys(relative: str) -> list[str]:
+    """Dotted paths of every leaf of a conf file (its `defaults` list left out)."""
+    from omegaconf import OmegaConf
+
+    content = OmegaConf.to_container(OmegaConf.load(CONF / relative), resolve=False)
+    assert isinstance(content, dict)
+    content.pop("defaults", None)
+    if relative == "hydra/default.yaml":
+        content.pop("help", None)  # the --help text, named as one key
+        content["help"] = None
+
+    def walk(node: object, prefix: str) -> list[str]:
+        if isinstance(node, dict):
+            return [k for key, value in node.items() for k in walk(value, f"{prefix}{key}.")]
+        return [prefix.rstrip(".")]
+
+    return walk(content, "")
+
+
+@pytest.mark.parametrize(("relative", "page"), DOCUMENTED_CONF, ids=[r for r, _ in DOCUMENTED_CONF])
+def test_every_conf_key_is_named_on_its_reference_page(relative: str, page: str):
+    """A key is named by its dotted path or its last part in a code span (`retry.max_attempts`, `exp_base`)."""
+    spans = {s.strip("`") for s in INLINE_CODE.findall((DOCS / page).read_text(encoding="utf-8"))}
+    named = spans | {part for s in spans for part in re.split(r"[,\s]+", s)}
+    missing = [k for k in _conf_keys(relative) if k not in named and k.rsplit(".", 1)[-1] not in named]
+    assert missing == [], f"docs/{page} must name every key of conf/{relative}, but these are missing: {missing}"
+
+
+def _table_under(page: str, heading: str) -> list[list[str]]:
+    text = (DOCS / page).read_text(encoding="utf-8")
+    table = text[text.index(heading) :].split("\n\n| ", 1)[1].split("\n\n", 1)[0]
+    return [[c.strip() for c in row.strip().strip("|").split("|")] for row in ("| " + table).splitlines()]
+
+
+def _yaml_text(value: object) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def test_the_task_table_holds_each_tasks_defaults():
+    """configuration.md's task table: one column per conf/task file, `—` where the task has no such key."""
+    from omegaconf import OmegaConf
+
+    header, _, *rows = _table_under("configuration.md", "**`task`**")
+    tasks = [c.strip("`") for c in header[1:]]
+    assert sorted(tasks) == sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+    conf = {t: OmegaConf.to_container(OmegaConf.load(CONF / "task" / f"{t}.yaml")) for t in tasks}
+    for values in conf.values():  # a file's defaults list names its schema (tasks/config/schema.py), not a key
+        values.pop("defaults", None)
+    documented: set[tuple[str, str]] = set()
+    for row in rows:
+        for key in re.findall(r"`([\w.]+)`", row[0]):
+            for task, cell in zip(tasks, row[1:], strict=True):
+                documented.add((task, key))
+                actual = conf[task].get(key, "—")
+                shown = cell.strip("`")
+                if cell == "—" or actual == "—":
+                    assert cell == "—" and actual == "—", f"{task}.{key}: the table says {cell}, conf has {actual!r}"
+                elif shown.endswith("…"):  # a shortened hub commit
+                    assert _yaml_text(actual).startswith(shown[:-1]), f"{task}.{key}: {cell} vs {actual!r}"
+                else:
+                    assert shown == _yaml_text(actual), f"{task}.{key}: the table says {cell}, conf has {actual!r}"
+    assert {(t, k) for t in tasks for k in conf[t]} <= documented
+
+
+def test_the_sweeper_keys_table_holds_the_sweepers_defaults():
+    """sweeps.md's key table names every field of the sweeper's config node, with its default where it is a literal."""
+    import dataclasses
+
+    from sweeper._config import LorasweepSweeperConf
+
+    fields = {f.name: f.default for f in dataclasses.fields(LorasweepSweeperConf) if not f.name.startswith("_")}
+    fields.pop("defaults")
+    _, _, *rows = _table_under("sweeps.md", "## Keys")
+    documented = {}
+    for row in rows:
+        keys = re.findall(r"`(\w+)`", row[0])
+        defaults = re.findall(r"`([^`]*)`", row[1])
+        for i, key in enumerate(keys):
+            documented[key] = defaults[i] if len(defaults) == len(keys) else None
+    assert sorted(documented) == sorted(fields)
+    for key, text in documented.items():
+        default = fields[key]
+        # config groups name their default option; interpolated defaults are described in words
+        if key in ("sampler", "pruner") or text is None or (isinstance(default, str) and "${" in default):
+            continue
+        assert text == _yaml_text(default), f"sweeps.md says {key} defaults to {text}, the code has {default!r}"

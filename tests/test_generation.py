@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from fake_gemini import FakeGemini, reply
-from omegaconf import OmegaConf
 
 from model import GPT
 from model.gpt2 import GPTConfig
 from tasks.alpaca import format_prompt
+from tasks.config.options import option_config
 from tasks.judge import evaluate_generations
 from tasks.judge.generation import GENERATIONS_FILE, cut_response, generate_responses, read_jsonl
 from tasks.judge.scoring import JUDGE_FILE
@@ -114,7 +114,7 @@ def test_evaluate_generations_writes_every_output(enc, tmp_path: Path, monkeypat
     """The trainer's entry point: generate, then judge through the SDK, into the run folder."""
     monkeypatch.setenv("GEMINI_API_KEY", "k-generation-test")
     gpt = successor_model(enc, [*enc.encode(" Paris."), EOT_ID])
-    cfg = OmegaConf.load(ROOT / "conf" / "judge" / "gemini.yaml")
+    cfg = option_config("judge", "gemini")
     cfg.cache_dir = str(tmp_path / "cache")
     cfg.generation.max_new_tokens = 8
     with FakeGemini(lambda r: reply("90" if "`Paris.`" in r.prompt else "0")) as server:

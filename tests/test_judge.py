@@ -17,6 +17,7 @@ import pytest
 from fake_gemini import FakeGemini, Request, error, reply
 from omegaconf import DictConfig, OmegaConf
 
+from tasks.config.options import option_config
 from tasks.judge import JudgeUnavailableError, judge_preflight
 from tasks.judge.cli import main
 from tasks.judge.scoring import JUDGE_FILE, SUMMARY_FILE, format_judge_input, score_generations
@@ -28,11 +29,13 @@ KEY = "test-key-9f3c2b1e7a5d"  # unique, so a leak into any file is findable
 
 def make_cfg(tmp_path: Path, base_url: str | None, *overrides: str) -> DictConfig:
     """conf/judge/gemini.yaml with the cache in tmp_path, the fake server, small backoff; then `overrides`."""
-    cfg = OmegaConf.load(ROOT / "conf" / "judge" / "gemini.yaml")
+    cfg = option_config("judge", "gemini")
     cfg.cache_dir = str(tmp_path / "cache")
     cfg.base_url = base_url
     cfg.timeout_s = 20
-    cfg.retry = {"max_attempts": 3, "initial_delay_s": 0.01, "max_delay_s": 2.0, "exp_base": 2.0, "jitter_s": 0.01}
+    cfg.retry.merge_with(
+        {"max_attempts": 3, "initial_delay_s": 0.01, "max_delay_s": 2.0, "exp_base": 2.0, "jitter_s": 0.01}
+    )
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
 
 
@@ -326,6 +329,6 @@ def test_rescore_command_rejects_bad_input_in_one_line(tmp_path: Path, capsys) -
     (run / "generations.jsonl").write_text(json.dumps(rows("a")[0]) + "\n")
     assert main([str(run), "judge.modle=x"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: overrides must name existing judge keys") and "modle" in err and "\n" not in err
+    assert err == "error: every key must be a setting a trial reads, but got judge.modle=x (did you mean judge.model?)"
     assert main([str(run), "model=x"]) == 1
     assert "overrides must look like judge.<key>=<value>, but got 'model=x'" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import tasks.resolvers  # noqa: F401  (registers ${direction:...}: these tests pass alone too)
 from model import GPT, GPTConfig
 from tasks.alpaca import Alpaca
 from tasks.batching import TokenizedSplit, iterate_batches

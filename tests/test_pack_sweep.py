@@ -16,6 +16,8 @@ from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from optuna.trial import TrialState
 
 from sweeper._pack import check_packing
+from sweeper._pack_job import PACK_ATTR
+from sweeper._phase import confirmation_of
 from sweeper._settings import build_settings
 
 TOL = {"rel": 2e-4, "abs": 2e-5}
@@ -112,3 +114,28 @@ def test_a_member_that_fails_is_failed_alone_and_its_pack_mate_completes(shared_
     assert complete.state == TrialState.COMPLETE and complete.user_attrs["pack_id"] == "0"
     assert failed.user_attrs["run_dir"] != complete.user_attrs["run_dir"]
     assert (Path(complete.user_attrs["run_dir"]) / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_pissa_and_confirmation_runs_train_alone_beside_packed_trials(shared_data: Path, tmp_path: Path) -> None:
+    """lora_method=lora,dora,pissa with packing and a confirmation phase: LoRA and DoRA trials train in packs, the
+    PiSSA trial (a base of its own) and every confirmation run alone; all complete with their own folders."""
+    dropped = ("lora.rank=", "trainer.max_", "hydra/sweeper/pruner", "hydra.sweeper.pruner", "hydra.sweeper.n_")
+    args = [a for a in sweep_args(shared_data, tmp_path, "mixed") if not a.startswith(dropped)]
+    run_sweep_py(
+        *args, "lora_method=lora,dora,pissa", "trainer.max_steps=2", "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.pack.size=3", "hydra.sweeper.confirm.seeds=1", "hydra.sweeper.confirm.top_k=3", cwd=tmp_path,
+    )  # fmt: skip
+    study = optuna.load_study(study_name="mixed", storage=f"sqlite:///{tmp_path / 's.db'}")
+    search = {t.params["lora_method"]: t for t in study.trials if confirmation_of(t) is None}
+    runs = [t for t in study.trials if confirmation_of(t) is not None]
+    assert sorted(search) == ["dora", "lora", "pissa"] and len(runs) == 3
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert "pack_id" in search["lora"].user_attrs and "pack_id" in search["dora"].user_attrs
+    assert "pack_id" not in search["pissa"].user_attrs and search["pissa"].user_attrs["peak_memory_own"] is True
+    assert sorted(confirmation_of(t)[0] for t in runs) == sorted(t.number for t in search.values())
+    for run in runs:  # a confirmation run is never packed: its own job, its own peak memory
+        assert "pack_id" not in run.user_attrs and run.user_attrs["phase"] == "confirm"
+        assert PACK_ATTR not in run.system_attrs
+    dirs = {t.user_attrs["run_dir"] for t in study.trials}
+    assert len(dirs) == 6 and all((Path(d) / "metrics.json").is_file() for d in dirs)

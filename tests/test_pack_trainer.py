@@ -1,9 +1,10 @@
 """Packed training (issue [15] item 2): a packed trial's result equals the same trial run alone.
 
 Same seed, adapter dropout 0: the same training losses and learning rates at every step, the same validation curve,
-best step and final metrics, to float tolerance, for members that differ in rank, targets, variant, batch size,
-gradient accumulation, schedule, learning rate, frozen blocks, evaluation cadence, patience and steps; for a member
-pruned mid-way by a real Optuna pruner; and members with their own seeds over a pretrained base.
+best step and final metrics, to float tolerance, for members that differ in rank, targets (q, v among them), variant,
+LoRA+ ratio, batch size, gradient accumulation, schedule, learning rate, frozen blocks, evaluation cadence, patience
+and steps; for a member pruned mid-way by a real Optuna pruner; and members with their own seeds over a pretrained
+base.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ TOL = {"rel": 2e-4, "abs": 2e-5}
 COMMON = ("trainer.max_eval_batches=3", "trainer.reuse=off", "trainer.save_checkpoint=false", "lora.dropout=0",
           "task.max_length=48", "task.test_size=0.03", "task.val_size=0.05")  # fmt: skip
 MEMBERS = {
-    "0": ("lora.rank=2", "trainer.batch_size=4", "trainer.max_steps=6", "trainer.eval_every=2", "optim.lr=3e-3"),
-    "1": ("lora.rank=8", "lora.targets=[qkv,mlp_proj]", "+lora.variant=dora", "trainer.batch_size=6",
+    "0": ("lora.rank=2", "lora.targets=[q,v,fc]", "lora.lr_ratio=16", "trainer.batch_size=4", "trainer.max_steps=6",
+          "trainer.eval_every=2", "optim.lr=3e-3"),
+    "1": ("lora.rank=8", "lora.targets=[qkv,mlp_proj]", "lora.variant=dora", "trainer.batch_size=6",
           "trainer.grad_accum=2", "schedule=linear", "freeze.blocks=1", "trainer.max_steps=4", "trainer.eval_every=3",
           "optim.lr=1e-2"),
     "2": ("lora.rank=4", "lora.alpha=4", "lora.targets=[fc,mlp_proj]", "lora.rslora=true", "trainer.batch_size=3",

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import torch
     from hydra import compose, initialize_config_dir
-    import tasks.resolvers  # noqa: F401
+    import tasks.config  # noqa: F401
     import sweeper._trial  # noqa: F401  (optuna imported before the first trial, as in a sweep; see the module doc)
     from tasks.train.trial import run_trial
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tasks.settings import ConfigError, check_config
+from tasks.config.checks import ConfigError, check_config
 from tasks.train.trial import run_trial
 
 
@@ -73,7 +73,7 @@ def test_a_changed_data_file_trains_again_and_the_same_data_is_reused(compose_cf
 
 def test_reuse_across_code_versions_only_when_asked(compose_cfg, sms_copy, studies):
     """A twin recorded by another version of the code is reused under trainer.reuse=any_version only."""
-    from tasks.settings import result_fingerprint
+    from tasks.train.reuse import result_fingerprint
 
     reference, recorded = studies("reference")(compose_cfg, *sms_args(sms_copy))
     assert reference["result_fingerprint"] == result_fingerprint(
@@ -102,4 +102,4 @@ def test_reuse_across_code_versions_only_when_asked(compose_cfg, sms_copy, studi
 
 def test_reuse_must_be_a_known_mode(compose_cfg):
     with pytest.raises(ConfigError, match=r"trainer\.reuse must be one of same_version, any_version, off, but got"):
-        check_config(compose_cfg("model=tiny", "trainer.reuse=always"), n_layer=2)
+        check_config(compose_cfg("model=tiny", "trainer.reuse=always"))

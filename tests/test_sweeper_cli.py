@@ -137,14 +137,16 @@ def test_a_swept_value_the_config_check_refuses_stops_the_sweep_before_any_trial
 
 
 def test_a_sweep_stopped_by_failures_ends_with_the_last_trials_own_error_and_one_traceback(shared_data, tmp_path):
-    missing = tmp_path / "no_such_file.tsv"
+    # a file that exists (a missing one is refused before the first trial) but cannot be read: every trial fails
+    broken = tmp_path / "one_column.tsv"
+    broken.write_text("ham\nspam\n")
     args = [a for a in lean(shared_data, tmp_path) if not a.startswith("task.path=")]
-    proc = run_sweep_py(*args, f"task.path={missing}", "lora.rank=2,4,8", cwd=tmp_path, check=False)
+    proc = run_sweep_py(*args, f"task.path={broken}", "lora.rank=2,4,8", cwd=tmp_path, check=False)
     assert proc.returncode != 0
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2, "3 points, 1 failure allowed: stop at the 2nd"
     reason = study.trials[1].user_attrs["fail_reason"]
-    assert str(missing) in reason
+    assert str(broken) in reason
     (line,) = [ln for ln in proc.stderr.splitlines() if "The sweep stopped early" in ln]
     assert f"Last failure, trial 1: {reason}" in line
     output = proc.stdout + proc.stderr

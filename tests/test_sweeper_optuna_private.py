@@ -87,3 +87,17 @@ def test_a_retry_names_the_trials_it_replaces(rdb_storage):
         public = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(retry)
     with names(f"the retry's system attribute {private.RETRY_HISTORY_ATTR!r}"):
         assert private.retry_history(retry) == public == [stale.number]
+
+
+def test_a_trial_created_from_a_template_is_running_with_its_params_and_the_next_number(rdb_storage):
+    study = optuna.create_study(storage=rdb_storage, study_name="c")
+    first = study.ask({"x": CategoricalDistribution([1, 2])})
+    template = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING, params={"x": 2}, distributions={"x": CategoricalDistribution([1, 2])},
+        user_attrs={"phase": "confirm"}, system_attrs={"mark": 1},
+    )  # fmt: skip
+    with names("Study._study_id"):
+        tid = private.create_trial(study, template)
+    frozen = private.study_storage(study).get_trial(tid)
+    assert frozen.number == first.number + 1 and frozen.state == optuna.trial.TrialState.RUNNING
+    assert frozen.params == {"x": 2} and frozen.user_attrs == {"phase": "confirm"} and frozen.system_attrs["mark"] == 1

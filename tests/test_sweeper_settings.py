@@ -51,7 +51,7 @@ def settings(**overrides):
         ("search_space", {"x": {"type": "float"}}, "`search_space` was replaced by `params` in hydra-optuna-sweeper"),
         ("custom_search_space", "nodots", "`custom_search_space` must be the dotted path of a function"),
         ("sampler", {"seed": 1}, "`sampler` must be a config with a `_target_`"),
-        ("n_trails", 5, "hydra.sweeper keys must be in"),
+        ("n_trails", 5, "but got unknown keys ['n_trails'] (did you mean n_trials for n_trails?)"),
         ("heartbeat_interval", 0, "`heartbeat_interval` must be null or a positive integer (seconds), but got"),
         ("heartbeat_interval", 1.5, "but got heartbeat_interval=1.5"),
         ("grace_period", 60, "`grace_period` must be longer than `heartbeat_interval`"),

@@ -82,7 +82,7 @@ def test_a_finite_space_runs_each_point_once_under_a_sampler_that_draws_with_rep
     finite = FiniteSpace(dist)
     sampler = DistinctPointSampler(optuna.samplers.RandomSampler(seed=0), finite, seed=0)
     study, budget = make_study(storage_url, sampler=sampler), Budget(n_trials=20, finite=finite)
-    assert finite.n_points == 6 and budget.n_trials == 6
+    assert finite.n_points == 6 and budget.in_effect == 6 and budget.n_trials == 20
     points = []
     while budget.runnable(study):
         trial = study.ask(dist)

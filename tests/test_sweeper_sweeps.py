@@ -370,3 +370,25 @@ def test_nothing_of_a_complete_failed_or_pruned_trial_survives_into_the_next_one
     for before, start in zip(study.trials, starts[1:], strict=False):
         assert start["alive"] == 0, f"the model of the {before.state.name} trial {before.number} is still alive"
         assert start["threads"] == default, f"trial {before.number} set {threads} threads, and they stayed"
+
+
+def test_an_extended_study_runs_a_finite_space_again_under_its_new_settings(tmp_path):
+    """lora.rank=2,4 ran with steps=2; extended with steps=3 both points run again (they were taken only under the
+    old settings), and a third run of the same command runs nothing more."""
+    run_app(tmp_path, "x=0.5,1.5", "steps=2")
+    proc = run_app(tmp_path, "x=0.5,1.5", "steps=3", "hydra.sweeper.extend_study=true")
+    study = load(tmp_path)
+    ran = sorted((t.user_attrs["steps"], t.params["x"]) for t in study.trials if t.state == TrialState.COMPLETE)
+    assert ran == [(2, 0.5), (2, 1.5), (3, 0.5), (3, 1.5)], proc.stdout + proc.stderr
+    run_app(tmp_path, "x=0.5,1.5", "steps=3")
+    assert len(load(tmp_path).trials) == 4
+
+
+def test_an_extended_grid_study_refuses_other_fixed_settings_in_one_line(tmp_path):
+    run_app(tmp_path, "x=0.5,1.5", "steps=2", "hydra/sweeper/sampler=grid")
+    proc = run_app(
+        tmp_path, "x=0.5,1.5", "steps=3", "hydra/sweeper/sampler=grid", "hydra.sweeper.extend_study=true", check=False
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "extend_study under the grid sampler must keep the study's fixed settings" in proc.stderr
+    assert "steps=3 (the study has 2)" in proc.stderr and len(load(tmp_path).trials) == 2

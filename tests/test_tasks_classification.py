@@ -429,9 +429,10 @@ def test_unknown_task_lists_the_valid_ones() -> None:
         ({"truncation_side": "middle"}, "truncation_side must be one of right, left, but got truncation_side='middle'"),
         ({"val_size": -1}, r"`task.val_size >= 1` must hold for a row count, but got val_size=-1"),
         ({"test_size": 1.5}, r"`0 < task.test_size < 1` must hold for a fraction, but got test_size=1.5"),
-        ({"balance": "yes"}, "task.balance must be true or false"),
+        ({"balance": "maybe"}, "task.balance must be true or false, but got task.balance=maybe"),
+        ({"balanse": True}, r"but got task.balanse=true \(did you mean task.balance\?\)"),
         ({"max_length": 0}, "max_length >= 2"),
-        ({"seed": "x"}, "task.seed must be an integer"),
+        ({"seed": "x"}, "task.seed must be an integer, but got task.seed=x"),
     ],
 )
 def test_bad_settings_fail_before_loading(change: dict[str, Any], message: str) -> None:

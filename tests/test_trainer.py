@@ -66,6 +66,46 @@ def test_no_warmup_starts_at_the_base_lr():
     assert lr_at(0, 50, 1e-3, "cosine", 0.0) == pytest.approx(1e-3)
 
 
+def test_lora_plus_keeps_b_at_ratio_times_a_at_every_step_of_the_schedule(compose_cfg, sms_args):
+    """lora.lr_ratio=4 through build_model, build_optimizer and fit: every optimizer step (warmup, then cosine) runs
+    A at the schedule's lr and B at 4x it, read from the optimizer's groups as torch steps them."""
+    from model.lora import lora_adapters
+    from tasks import get_task
+    from tasks.train.loop import FitState
+    from tasks.train.optim import build_optimizer
+
+    cfg = compose_cfg(
+        *sms_args, "finetune=lora", "lora.lr_ratio=4", "lora.targets=[q,v]", "trainer.max_steps=6",
+        "schedule.warmup_ratio=0.5", "trainer.batch_size=8", "task.max_length=32",
+    )  # fmt: skip
+    runtime = resolve_runtime("cpu", "fp32")
+    task = get_task(cfg.task)
+    data = task.load(cfg.task, n_positions=1024, cache_dir=cfg.paths.cache_dir)
+    model = build_model(cfg, task.num_classes, runtime)
+    optimizer = build_optimizer(model, cfg.optim, runtime.device, lr_ratio=cfg.lora.lr_ratio)
+    adapters = lora_adapters(model).values()
+    a_ids = {id(a.lora_a.weight) for a in adapters}
+    b_ids = {id(a.lora_b.weight) for a in adapters}
+    seen: list[tuple[set[float], set[float]]] = []
+    step = optimizer.step
+
+    def recording_step(*args, **kwargs):  # torch's own step, after noting each group's lr as it steps
+        lr_of = lambda ids: {g["lr"] for g in optimizer.param_groups for p in g["params"] if id(p) in ids}
+        seen.append((lr_of(a_ids), lr_of(b_ids)))
+        return step(*args, **kwargs)
+
+    optimizer.step = recording_step
+    state = FitState()
+    fit(model, task, data, optimizer, runtime, cfg, state=state, eval_key="val_accuracy",
+        eval_direction="maximize", report=False)  # fmt: skip
+    schedule = [lr_at(s, 6, cfg.optim.lr, "cosine", 0.5) for s in range(6)]
+    assert len(seen) == 6 and max(schedule) > 3 * min(schedule), "six steps, the lr rising then falling"
+    for (a_lr, b_lr), lr in zip(seen, schedule, strict=True):
+        assert len(a_lr) == len(b_lr) == 1, "every A at one lr, every B at one lr"
+        assert (a_lr.pop(), b_lr.pop()) == (pytest.approx(lr), pytest.approx(4 * lr))
+    assert [row["lr"] for row in state.train_curve] == pytest.approx(schedule)
+
+
 # ------------------------------------------------------------------------------------------- gradient accumulation
 
 

@@ -19,12 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from common.files import write_atomic
+from tasks.config.keys import schema_problem
+from tasks.config.options import option_config
 from tasks.judge.generation import read_jsonl
 from tasks.judge.outputs import GENERATED_SPLITS, LEGACY, SplitOutputs, generated_in
 from tasks.judge.scoring import fmt, judge_preflight, score_generations
 from tasks.judge.settings import JudgeUnavailableError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "judge" / "gemini.yaml"
 USAGE = """usage: python -m tasks.judge RUN_DIR [judge.<key>=<value> ...]
 
 Re-score RUN_DIR's generations (val_generations.jsonl, test_generations.jsonl, or an older run's generations.jsonl)
@@ -35,18 +36,18 @@ The key comes from GOOGLE_API_KEY or GEMINI_API_KEY."""
 
 
 def load_judge_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
-    """The run's own `judge` node (from metrics.json's resolved config), else conf/judge/gemini.yaml; then overrides."""
+    """The run's own `judge` node (from metrics.json's resolved config), else conf/judge/gemini.yaml; then overrides.
+
+    Raises:
+        ValueError: an override that is no `judge.<key>=<value>`, or names a key the judge does not have (with the
+            nearest one it has).
+    """
     metrics_path = run_dir / "metrics.json"
-    base: Any = None
+    saved: Any = None
     if metrics_path.is_file():
-        base = (json.loads(metrics_path.read_text(encoding="utf-8")).get("config") or {}).get("judge")
-    if base is None:
-        defaults = OmegaConf.load(DEFAULT_CONFIG)
-        defaults.cache_dir = None  # resolved by JudgeSettings: $LORASWEEP_CACHE_DIR/judge or ./.cache/judge
-        base = defaults
-    cfg = OmegaConf.create(base)
-    cfg.enabled = True  # asking for a re-score is asking for the judge, whatever the run was set to
-    OmegaConf.set_struct(cfg, True)
+        saved = (json.loads(metrics_path.read_text(encoding="utf-8")).get("config") or {}).get("judge")
+    cfg = option_config("judge", "gemini")
+    cfg.cache_dir = None  # resolved by JudgeSettings: $LORASWEEP_CACHE_DIR/judge or ./.cache/judge
     dotlist = []
     for item in overrides:
         key, sep, _ = item.partition("=")
@@ -54,10 +55,13 @@ def load_judge_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
             raise ValueError(f"overrides must look like judge.<key>=<value>, but got {item!r}")
         dotlist.append(item.removeprefix("judge."))
     try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))  # type: ignore[return-value]
+        if saved is not None:  # a run's own settings, as saved (older runs may lack newer keys: the defaults fill them)
+            cfg = OmegaConf.merge(cfg, saved)
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     except OmegaConfBaseException as exc:
-        name = f"judge.{getattr(exc, 'full_key', None) or '?'}"
-        raise ValueError(f"overrides must name existing judge keys {sorted(cfg.keys())}, but got {name}") from exc
+        raise ValueError(schema_problem(exc, OmegaConf.from_dotlist(dotlist), "judge.")) from None
+    cfg.enabled = True  # asking for a re-score is asking for the judge, whatever the run was set to
+    return cfg  # type: ignore[return-value]
 
 
 def rescore_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, dict[str, float | int | str]]:

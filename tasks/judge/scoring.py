@@ -155,7 +155,7 @@ def _run_judge(rows: Sequence[Mapping[str, Any]], settings: JudgeSettings) -> tu
     ]
     from tasks.judge.client import GeminiJudge  # google-genai loads only when the judge runs
 
-    cache = JudgeCache(settings.cache_dir) if settings.cache else None
+    cache = JudgeCache(Path(settings.cache_dir)) if settings.cache else None
     judge = GeminiJudge(settings, api_key_from_env() or "", cache)
     try:
         replies = judge.score(prompts, settings.repeats)

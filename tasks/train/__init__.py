@@ -8,6 +8,6 @@
 - `pack/`: several LoRA trials trained together over one shared base (`hydra.sweeper.pack.size`), each with the
   same loop pieces (`loop.fit_events`, `loop.apply_step`, `trial.finish`) as a trial alone.
 
-Nothing is imported here, so `tasks.settings` can read the option lists of `optim` and `runtime` without loading
-the loop (which imports `tasks.settings`).
+Nothing is imported here, so `tasks.config.checks` can read the option lists of `optim` and `runtime` without
+loading the loop (which imports `tasks.config`).
 """

@@ -32,8 +32,8 @@ def lora_settings(cfg: DictConfig) -> LoRASettings:
         dropout=lora.dropout,
         targets=tuple(lora.targets),
         rslora=lora.rslora,
-        variant=lora.get("variant", "lora"),
-        init=lora.get("init", "default"),
+        variant=lora.variant,
+        init=lora.init,
     )
 
 
@@ -61,7 +61,15 @@ def build_model(cfg: DictConfig, num_classes: int | None, runtime: Runtime) -> t
     if cfg.finetune.mode == "lora":
         lora = lora_settings(cfg)
         apply_lora(
-            model, lora.rank, lora.alpha, lora.dropout, lora.targets, lora.rslora, variant=lora.variant, init=lora.init
+            model,
+            rank=lora.rank,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            targets=lora.targets,
+            rslora=lora.rslora,
+            variant=lora.variant,
+            init=lora.init,
+            pretrained=cfg.model.pretrained,  # PiSSA on a random base warns that its start is arbitrary
         )
     freeze_blocks(model, cfg.freeze.blocks)
     if cfg.trainer.grad_checkpointing:

@@ -3,7 +3,7 @@
 A trial's first steps pay for allocator growth, kernel selection and cold caches, and a shared machine slows single
 steps at random; an average over every step mixes both into one number. So the figures come from the steady-state
 steps only, as a median with the 10th and 90th percentiles around it. Evaluation never counts: the loop times each
-optimizer step alone. ARCHITECTURE.md names the fields; DOCS-NOTES.md says which one decides "within noise".
+optimizer step alone. ARCHITECTURE.md and docs/metrics.md name the fields.
 """
 
 from __future__ import annotations

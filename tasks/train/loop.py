@@ -215,10 +215,14 @@ def restore_best(model: torch.nn.Module, state: FitState) -> None:
             params[name].copy_(tensor)
 
 
+def steps_per_epoch(n_rows: int, trainer: DictConfig) -> int:
+    """Optimizer steps in one pass over `n_rows` training rows: ceil(ceil(rows / batch_size) / grad_accum)."""
+    return math.ceil(math.ceil(n_rows / trainer.batch_size) / trainer.grad_accum)
+
+
 def planned_steps(n_rows: int, trainer: DictConfig) -> int:
     """Optimizer steps of the whole run: epochs x steps per epoch, capped by `trainer.max_steps`."""
-    steps_per_epoch = math.ceil(math.ceil(n_rows / trainer.batch_size) / trainer.grad_accum)
-    total = trainer.epochs * steps_per_epoch
+    total = trainer.epochs * steps_per_epoch(n_rows, trainer)
     return min(total, trainer.max_steps) if trainer.max_steps else total
 
 

@@ -18,35 +18,23 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 
-# parameters that are never decayed: embeddings (by name) and every 1-D tensor (biases, LayerNorm)
-_NO_DECAY_NAMES = ("wte.", "wpe.")
 
+def build_optimizer(
+    model: nn.Module, cfg: Mapping[str, Any], device: torch.device, *, lr_ratio: float = 1.0
+) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD over the model's trainable tensors, with fused kernels where torch offers them.
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed group (matrices) and an undecayed one.
-
-    Biases, LayerNorm weights and the token/position embeddings get no weight decay (as in GPT-2 and nanoGPT);
-    LoRA's A and B matrices and a classification head are decayed like any other matrix.
+    Groups come from `model.lora_param_groups`: matrices decayed, biases, LayerNorms and embeddings not (GPT-2,
+    nanoGPT); with LoRA+ (`lr_ratio` != 1, from `lora.lr_ratio`) every B and DoRA magnitude learns at lr_ratio x lr.
+    Each group keeps its `lr_scale`, which `set_lr` honours at every step of the schedule.
     """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.dim() < 2 or any(part in name for part in _NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    from model import lora_param_groups
 
-
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], device: torch.device) -> torch.optim.Optimizer:
-    """AdamW / Adam / SGD over the model's trainable tensors, with fused kernels where torch offers them."""
     name = cfg["name"]
-    groups = param_groups(model, float(cfg.get("weight_decay", 0.0)))
+    lr = float(cfg["lr"])
+    groups = lora_param_groups(model, lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)), lr_ratio=lr_ratio)
     if not groups:
         raise ValueError("the model has no trainable parameters: check finetune, lora.targets and freeze.blocks")
-    lr = float(cfg["lr"])
     if name in ("adamw", "adam"):
         cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
         # fused kernels exist for CUDA and CPU tensors; they save the per-tensor loops of foreach
@@ -92,5 +80,6 @@ def lr_at(
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate for this step, times each group's `lr_scale` (LoRA+'s B groups: lr_ratio)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

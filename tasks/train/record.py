@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.files import write_atomic
 from tasks.train.costs import machine, machine_load, steady_state
-from tasks.train.loop import FitState
+from tasks.train.loop import FitState, steps_per_epoch
 from tasks.train.objective import Objective
-from tasks.train.reuse import fingerprints
+from tasks.train.reuse import fingerprints, lora_targets_label
 from tasks.train.runtime import PeakMemory, Runtime, code_version
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,18 @@ def write_metrics(out: Path, result: Mapping[str, Any], trial: Any) -> None:
         trial.set_metrics(result)
 
 
+def lora_method(lora: DictConfig) -> str:
+    """The LoRA method a `lora` node amounts to, by the keys that tell them apart: "lora" (none of them), "rslora",
+    "dora", "pissa", "lora+ x16" (lr_ratio), or their combination ("dora + rslora")."""
+    parts = [
+        "dora" if lora.variant == "dora" else "",
+        "pissa" if lora.init == "pissa" else "",
+        "rslora" if lora.rslora else "",
+        f"lora+ x{lora.lr_ratio:g}" if lora.lr_ratio != 1 else "",
+    ]
+    return " + ".join(p for p in parts if p) or "lora"
+
+
 def summary(cfg: DictConfig) -> dict[str, Any]:
     """The knobs the analysis groups trials by."""
     lora = cfg.finetune.mode == "lora"
@@ -52,6 +64,13 @@ def summary(cfg: DictConfig) -> dict[str, Any]:
         "finetune": cfg.finetune.mode,
         "lora_rank": cfg.lora.rank if lora else None,
         "lora_alpha": cfg.lora.alpha if lora else None,
+        # the adapter's kind: the report groups LoRA trials by method and targets (None under full fine-tuning)
+        "lora_method": lora_method(cfg.lora) if lora else None,
+        "lora_targets": lora_targets_label(cfg.lora.targets) if lora else None,
+        "lora_variant": cfg.lora.variant if lora else None,
+        "lora_init": cfg.lora.init if lora else None,
+        "lora_rslora": cfg.lora.rslora if lora else None,
+        "lora_lr_ratio": cfg.lora.lr_ratio if lora else None,
         "freeze_blocks": cfg.freeze.blocks,
         "optimizer": cfg.optim.name,
         "lr": cfg.optim.lr,
@@ -95,6 +114,11 @@ class Recorder:
         write_metrics(self.out, result, self.trial)
         return result
 
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps in one pass over the training split (None when the load report lacks its size)."""
+        rows = _train_rows(self.data_info)
+        return steps_per_epoch(rows, self.cfg.trainer) if rows is not None else None
+
     def payload(self, state: FitState, metrics: dict[str, Any], *, status: str) -> dict[str, Any]:
         """The metrics.json content (ARCHITECTURE.md); the objective block is empty here."""
         trainable, total = self.params
@@ -115,6 +139,7 @@ class Recorder:
             "train_tokens": state.train_tokens,
             **steady_state(state.step_times, state.step_tokens),  # tokens_per_s: the steady-state median
             "steps": state.step,
+            "steps_per_epoch": self.steps_per_epoch(),  # epochs trained = steps / steps_per_epoch
             "stopped_early": state.stopped_early,
             "device": str(self.runtime.device),
             **machine(self.runtime.device),
@@ -130,6 +155,13 @@ class Recorder:
             "val_curve": state.val_curve,
             "config": resolved_config(self.cfg),
         }
+
+
+def _train_rows(data_info: Mapping[str, Any]) -> int | None:
+    splits = data_info.get("splits") if isinstance(data_info, Mapping) else None
+    train = splits.get("train") if isinstance(splits, Mapping) else None
+    rows = train.get("rows") if isinstance(train, Mapping) else None
+    return rows if isinstance(rows, int) and rows > 0 else None
 
 
 def reuse(twin: Any, trial: Any, out: Path, started: float) -> dict[str, Any]:
@@ -154,14 +186,20 @@ def log_done(result: Mapping[str, Any], objective: Objective, out: Path) -> None
     """The trial's one-line summary."""
     value = result["objective"]["value"]
     values = value if isinstance(value, list) else [value]
+    # a run too short for a step after warm-up has no steady-state figure: say so rather than print 0
+    speed = result["tokens_per_s"]
+    speed_text = f"{speed:.0f} tokens/s" if speed is not None else "tokens/s unmeasured (no step after warm-up)"
+    learned = result["metrics"].get("learned", True)
+    flags = f" · LEARNED NOTHING: {result['metrics'].get('flags')}" if learned is False else ""
     log.info(
-        "trial done: %s (best step %s of %d) · %.2f%% trainable · peak %.0f MB · %.0f tokens/s · %.1fs → %s",
+        "trial done: %s (best step %s of %d)%s · %.2f%% trainable · peak %.0f MB · %s · %.1fs → %s",
         ", ".join(f"{n}={v:.4g}" for n, v in zip(objective.names, values, strict=True)),
         result["metrics"]["best_step"],
         result["steps"],
+        flags,
         result["trainable_pct"],
         result["peak_memory_mb"],
-        result["tokens_per_s"] or 0,
+        speed_text,
         result["wall_time_s"],
         out / METRICS_FILE,
     )

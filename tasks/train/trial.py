@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from tasks import Task, TaskData, get_task
-from tasks.settings import check_config
+from tasks.config.checks import check_config
 from tasks.train.build import build_model, model_preset
 from tasks.train.costs import machine_load
 from tasks.train.errors import out_of_memory_names_settings
@@ -54,8 +54,8 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
     """Train and evaluate one configuration; returns the content of the run's `metrics.json`."""
     started = time.perf_counter()
     load_start = machine_load("start")
+    check_config(cfg)
     preset = model_preset(cfg)
-    check_config(cfg, n_layer=preset.n_layer)
     objective = Objective.from_config(cfg.objective)
     runtime = resolve_runtime(cfg.trainer.device, cfg.trainer.precision)
     out = _run_dir(cfg, run_dir)
@@ -138,8 +138,15 @@ def _setup(
         cfg.finetune.mode, cfg.model.name, task.name, f"{params[0]:,}", f"{params[1]:,}",
         100 * params[0] / params[1], runtime.device, runtime.precision,
     )  # fmt: skip
-    optimizer = build_optimizer(model, cfg.optim, runtime.device)
+    optimizer = trial_optimizer(cfg, model, runtime.device)
     return Setup(task, data, model, optimizer, memory, params, watch, val_prompts)
+
+
+def trial_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """The trial's optimizer over its trainable tensors, with LoRA+ groups (`lora.lr_ratio`); a packed trial builds
+    its own here too (`tasks.train.pack`), so it trains as it would alone."""
+    lr_ratio = cfg.lora.lr_ratio if cfg.finetune.mode == "lora" else 1.0  # LoRA+: B learns lr_ratio x faster
+    return build_optimizer(model, cfg.optim, device, lr_ratio=lr_ratio)
 
 
 def watched(cfg: DictConfig, objective: Objective) -> Objective:

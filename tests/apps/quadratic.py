@@ -21,7 +21,10 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import current_trial
+from sweeper import current_trial, set_inactive_keys
+
+# as sweep.py: LoRA's settings do not apply to full fine-tuning (confirmation groups ignore lora.rank there)
+set_inactive_keys(lambda cfg: [] if cfg.finetune.mode == "lora" else ["lora"])
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,6 +49,11 @@ def _torch_module(cfg: DictConfig) -> Any:
     return torch.nn.Linear(64, 64) if cfg.torch_module else None
 
 
+def _seed_noise(cfg: DictConfig) -> float:
+    """What a seed changes: up to `seed_noise` added to the loss, the same for the same seed."""
+    return cfg.seed_noise * ((cfg.trainer.seed * 2654435761) % 1000) / 1000
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="quadratic")
 def main(cfg: DictConfig) -> float | tuple[float, float]:
     trial = current_trial() if cfg.report else None
@@ -55,7 +63,7 @@ def main(cfg: DictConfig) -> float | tuple[float, float]:
     curve = []
     loss = math.inf
     for step in range(1, cfg.steps + 1):
-        loss = (cfg.x - 1.0) ** 2 + cfg.y + cfg.model.offset + 1.0 / step
+        loss = (cfg.x - 1.0) ** 2 + cfg.y + cfg.model.offset + 1.0 / step + _seed_noise(cfg)
         if module is not None:
             module(module.weight.new_ones(1, module.in_features))  # the "model" a trial holds while it runs
         if cfg.nan_above is not None and cfg.x > cfg.nan_above:
@@ -74,7 +82,15 @@ def main(cfg: DictConfig) -> float | tuple[float, float]:
     metrics = {
         "objective": {"name": list(cfg.objective) if multi else cfg.objective, "key": "val_loss", "value": loss},
         "metrics": {"val_loss": loss, "best_step": cfg.steps},
-        "summary": {"model": cfg.model.name, "x": cfg.x, "y": cfg.y},
+        "summary": {
+            "model": cfg.model.name,
+            "x": cfg.x,
+            "y": cfg.y,
+            "finetune": cfg.finetune.mode,
+            "seed": cfg.trainer.seed,
+            "phase": cfg.trainer.phase,
+            "confirms": cfg.trainer.confirms,
+        },
         "trainable_params": cfg.model.size,
         "run_dir": run_dir,
         "device": "cpu",

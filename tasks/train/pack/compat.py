@@ -24,7 +24,7 @@ def alone_reason(cfg: DictConfig) -> str | None:
     """Why a trial cannot join a pack (one line naming the setting), or None when it can."""
     if cfg.finetune.mode != "lora":
         return f"finetune={cfg.finetune.mode} trains the base weights, which a pack shares"
-    if cfg.lora.get("init", "default") == "pissa":
+    if cfg.lora.init == "pissa":
         return "lora.init=pissa replaces the base weight by its residual, so the trial has a base of its own"
     if cfg.trainer.get("compile"):
         return "trainer.compile=true compiles one model's forward, not a pack's"

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from tasks.settings import check_config
+from tasks.config.checks import check_config
 from tasks.train.costs import machine_load
 from tasks.train.loop import (
     EVALUATE,
@@ -34,13 +34,12 @@ from tasks.train.loop import (
     validation_of,
 )
 from tasks.train.objective import Objective
-from tasks.train.optim import build_optimizer
 from tasks.train.pack.compat import alone_reason, differences
 from tasks.train.pack.record import MemberRecorder, PackShare
 from tasks.train.record import reuse
 from tasks.train.reference import references
 from tasks.train.reuse import find_twin
-from tasks.train.trial import Setup, finish, validation_prompts_of, watched
+from tasks.train.trial import Setup, finish, trial_optimizer, validation_prompts_of, watched
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def join(pack: Any, spec: MemberSpec) -> Member | MemberOutcome:
     instead (`trainer.reuse`), and a config that cannot join fails this trial alone."""
     started, load_start = time.perf_counter(), machine_load("start")
     cfg = spec.cfg
-    check_config(cfg, n_layer=pack.preset.n_layer)
+    check_config(cfg)
     reason = alone_reason(cfg)
     different = differences(pack.leader, cfg)
     if reason or different:
@@ -141,7 +140,7 @@ def join(pack: Any, spec: MemberSpec) -> Member | MemberOutcome:
     from model import count_parameters
 
     params = count_parameters(model)
-    setup = Setup(pack.task, pack.data, model, build_optimizer(model, cfg.optim, pack.runtime.device), pack.memory,
+    setup = Setup(pack.task, pack.data, model, trial_optimizer(cfg, model, pack.runtime.device), pack.memory,
                   params, watch, prompts)  # fmt: skip
     share = PackShare(pack.pack_id, pack.memory, pack.base_mb)
     recorder = MemberRecorder(cfg, pack.runtime, spec.run_dir, started, pack.memory, params, pack.data.info,

@@ -22,7 +22,7 @@ import optuna
 import torch
 from omegaconf import DictConfig
 
-from tasks.settings import check_config
+from tasks.config.checks import check_config
 from tasks.train.build import base_model, lora_settings, model_preset
 from tasks.train.errors import TrialOutOfMemoryError
 from tasks.train.objective import Objective
@@ -84,7 +84,7 @@ class Pack:
 
         self.leader, self.pack_id = leader, pack_id
         self.preset = model_preset(leader)
-        check_config(leader, n_layer=self.preset.n_layer)
+        check_config(leader)
         reason = alone_reason(leader)
         if reason is not None:
             raise ValueError(f"a pack needs LoRA trials that can share a base, but got {reason}")
