@@ -83,6 +83,15 @@ def test_the_removed_motpe_sampler_is_refused_in_one_line_naming_its_replacement
     assert not (tmp_path / "s.db").exists() or not load_all(tmp_path)
 
 
+def test_a_bad_sweeper_setting_is_the_sweepers_own_line_without_hydras_wrapping(shared_data, tmp_path):
+    proc = run_sweep_py(
+        *lean(shared_data, tmp_path), "lora.rank=2,4", "hydra.sweeper.n_trials=0", cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "error: `n_trials` must be a positive integer, but got n_trials=0.", proc.stderr
+    assert not (tmp_path / "s.db").exists() or not load_all(tmp_path)
+
+
 def load_all(tmp_path: Path) -> list:
     return [s for s in optuna.get_all_study_summaries(storage(tmp_path)) if s.n_trials]
 

@@ -31,7 +31,13 @@ def overrides_of(argv: Sequence[str]) -> list[str]:
 def run_hydra_app(main: Callable[[], Any], argv: Sequence[str] | None = None) -> Any:
     """Call a `@hydra.main` function; a command line Hydra cannot compose ends the process with one line and
     status 1. Any other error is left as it is."""
-    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+    from hydra.errors import (
+        ConfigCompositionException,
+        HydraException,
+        InstantiationException,
+        MissingConfigException,
+        OverrideParseException,
+    )
 
     if os.environ.get(FULL_ERROR) == "1":
         return main()
@@ -44,7 +50,9 @@ def run_hydra_app(main: Callable[[], Any], argv: Sequence[str] | None = None) ->
         problems = override_problems(overrides)
         if problems or isinstance(error, ConfigCompositionException | MissingConfigException | OverrideParseException):
             sys.exit("error: " + "; ".join(problems or composition_problems(error, overrides)))
-        sys.exit(" ".join(str(error).split()))  # the sweeper's own one-line errors, as Hydra prints them
+        # the sweeper refusing its settings: Hydra wraps the sweeper's one-line error in its own words; the line alone
+        cause = error.__cause__ if isinstance(error, InstantiationException) else None
+        sys.exit("error: " + " ".join(str(cause or error).split()))
     finally:
         os.environ.pop(FULL_ERROR, None)
 
