@@ -76,6 +76,15 @@ def test_pack_size_below_one_is_refused_in_one_line() -> None:
                        direction="maximize", n_trials=1, n_jobs=1, max_failure_rate=0.5, pack={"size": 0})  # fmt: skip
 
 
+def test_sweep_py_refuses_pack_size_zero_in_one_line_before_any_trial(shared_data: Path, tmp_path: Path) -> None:
+    proc = run_sweep_py(*sweep_args(shared_data, tmp_path, "zero"), "hydra.sweeper.pack.size=0", cwd=tmp_path,
+                        check=False)  # fmt: skip
+    assert proc.returncode != 0
+    line = "error: `pack.size` must be an integer >= 1 (1 = no packing), but got pack.size=0."
+    assert proc.stderr.strip() == line, proc.stderr
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "zero").exists()
+
+
 def test_packing_refuses_a_launcher_without_the_study_or_hydra_in_its_jobs(compose_cfg) -> None:
     import sweep  # noqa: F401  (registers the app's pack key, as `python sweep.py` does)
 
