@@ -48,7 +48,8 @@ test-fast: setup  ## the tests without the end-to-end sweeps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup  ## benchmarks against transformers + peft (minutes; results in BENCHMARKS.md's format)
-	$(PY) bench/train_step.py && $(PY) bench/generate.py && $(PY) bench/sweep_overhead.py && $(PY) bench/pruning.py
+	$(PY) bench/train_step.py && $(PY) bench/generate.py && $(PY) bench/sweep_overhead.py && $(PY) bench/pruning.py \
+	  && $(PY) bench/packing.py
 
 $(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
 	$(PIP) install --quiet -e ".[$(EXTRAS),docs]"

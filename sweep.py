@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import isolated_job, set_config_check, set_inactive_keys
+from sweeper import current_pack, isolated_job, set_config_check, set_inactive_keys, set_pack_key
 from tasks.config.checks import check_config
 from tasks.config.cli import run_hydra_app
 from tasks.judge import JudgeUnavailableError
 from tasks.train.errors import NonFiniteLossError, TrialOutOfMemoryError
+from tasks.train.pack import alone_reason, pack_key
 from tasks.train.reuse import inactive_nodes
 from tasks.train.trial import run_trial
 
@@ -48,14 +50,21 @@ def check_trial_config(cfg: DictConfig) -> None:
 
 
 set_config_check(check_trial_config)
+set_pack_key(pack_key, alone_reason)  # hydra.sweeper.pack.size > 1: LoRA trials that can share a base train together
 set_inactive_keys(inactive_nodes)  # confirmation groups: lora.rank does not split full fine-tuning trials
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | tuple[float, ...]:
-    """Run one trial and return its objective (a tuple for multi-objective studies) to the sweeper."""
+def main(cfg: DictConfig) -> float | tuple[float, ...] | dict[str, str]:
+    """Run one trial and return its objective (a tuple for multi-objective studies) to the sweeper; a pack's job
+    returns each member's state (the sweeper reads their results from the study)."""
     # a launcher's worker process may run the next trial: nothing of this one (memory, torch threads) outlives it
     with isolated_job():
+        pack = current_pack()
+        if pack is not None:  # several trials in this job; each is told to the study by the sweeper
+            from tasks.train.pack.sweep import run_sweep_pack
+
+            return run_sweep_pack(cfg, pack, Path(HydraConfig.get().runtime.output_dir))
         try:
             metrics = run_trial(cfg)
         except USER_ERRORS as exc:

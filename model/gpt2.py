@@ -283,6 +283,18 @@ class GPT(nn.Module):
         `ln_f` and the LM head run only at positions that carry a loss (never padding or a masked prompt), so no
         (B, T, vocab) tensor is made. `reduction="sum"` lets a caller average over tokens across micro-batches.
         """
+        return self.lm_loss_rows(input_ids, labels, attention_mask, None, reduction)[0]
+
+    def lm_loss_rows(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        sizes: list[int] | None,
+        reduction: str = "sum",
+    ) -> list[torch.Tensor]:
+        """`lm_loss` of each run of consecutive rows (`sizes`: their row counts; None = the whole batch as one), from
+        one pass over the blocks: packed trials, one loss each."""
         if reduction not in ("mean", "sum"):
             raise ValueError(f"`reduction` must be one of mean, sum, but got reduction={reduction!r}")
         if labels.shape != input_ids.shape:
@@ -293,14 +305,19 @@ class GPT(nn.Module):
         self._check_inputs(input_ids, attention_mask)
         head = TiedHeadLoss(self.transformer.wte, self.lm_head)
         x = self._blocks(head.embed(input_ids), attention_mask)
-        targets = labels[:, 1:]
-        keep = targets != -100
+        keep = labels[:, 1:] != -100
         if attention_mask is not None:
             keep &= attention_mask[:, 1:].bool()
-        h = x[:, :-1][keep]  # (N, C)
-        if reduction == "mean" and h.shape[0] == 0:
-            raise ValueError("`labels` must mark at least one position for the loss (!= -100), but got none")
-        return head.loss(self.transformer.ln_f(h), targets[keep].long(), reduction)
+        sizes = sizes if sizes is not None else [input_ids.shape[0]]
+        losses = []
+        # split, not indexing: one gradient tensor for x in backward, not one zero-filled copy per run of rows
+        for x_part, keep_part, labels_part in zip(x.split(sizes), keep.split(sizes), labels.split(sizes), strict=True):
+            h = x_part[:, :-1][keep_part]  # (N, C)
+            if reduction == "mean" and h.shape[0] == 0:
+                raise ValueError("`labels` must mark at least one position for the loss (!= -100), but got none")
+            targets = labels_part[:, 1:][keep_part].long()
+            losses.append(head.loss(self.transformer.ln_f(h), targets, reduction))
+        return losses
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -6,6 +6,7 @@ Optuna: Hydra imports it at every start (plugin discovery) to register the nodes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,23 @@ class ConfirmConf:
 
 
 @dataclass
+class PackConf:
+    # trials trained together in one job over one shared base model (tasks.train.pack); 1 = each trial alone
+    size: int = 1
+
+
+@dataclass
+class ThresholdPrunerConf:
+    # prunes a trial whose reported value is NaN or falls outside [lower, upper] (e.g. a diverging loss), whatever
+    # the other trials did; the defaults prune NaN only
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: float | None = None
+    upper: float | None = math.inf
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
 class LorasweepSweeperConf:
     _target_: str = SWEEPER_TARGET
     # samplers and pruners are built by the sweeper (grid space, seeds per trial), not by Hydra
@@ -191,6 +209,8 @@ class LorasweepSweeperConf:
     max_retry: int | None = 3
     reconnect_timeout: float = 120  # seconds a lost database connection is retried (backoff) before a worker stops
     confirm: ConfirmConf = field(default_factory=ConfirmConf)
+    # packed trials (docs/sweeps.md): up to pack.size LoRA trials that can share a base train in one job
+    pack: PackConf = field(default_factory=PackConf)
 
 
 SAMPLERS: dict[str, type] = {
@@ -211,6 +231,7 @@ PRUNERS: dict[str, type] = {
     "successive_halving": SuccessiveHalvingPrunerConf,
     "hyperband": HyperbandPrunerConf,
     "wilcoxon": WilcoxonPrunerConf,
+    "threshold": ThresholdPrunerConf,
 }
 
 

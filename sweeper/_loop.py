@@ -88,6 +88,8 @@ class TrialLoop:
         self._in_flight: dict[int, optuna.Trial] = {}
         self._gate = LaunchGate()
         self._waiting_logged = False
+        self.packer: Any = None  # sweeper._pack.Packer when hydra.sweeper.pack.size > 1
+        self.pending: list[tuple[optuna.Trial, list[str]]] = []  # asked for a pack they could not join: run next
 
     def run(self) -> None:
         """Run trials until the budget is spent or too many failed; re-raise a sweeper error from any slot."""
@@ -95,6 +97,9 @@ class TrialLoop:
         try:
             self._run()
         finally:
+            for trial, _ in self.pending:  # the sweep stopped before their turn
+                self._close(trial, "not run: the sweep stopped before this trial's turn")
+            self.pending.clear()
             self.heartbeat.stop()
 
     def _run(self) -> None:
@@ -129,8 +134,8 @@ class TrialLoop:
         idle_since: float | None = None
         while True:
             with self._lock:
-                trial = self._next_trial()
-                if trial is not None:
+                trial, overrides = self.pending.pop(0) if self.pending else (self._next_trial(), [])
+                if trial is not None and not overrides:
                     try:
                         overrides = self._prepare(trial)
                     except BaseException:
@@ -143,23 +148,61 @@ class TrialLoop:
                 time.sleep(min(self.heartbeat.interval or 1, MAX_IDLE_POLL_S))
                 continue
             idle_since = None
-            try:
-                outcome, run_dir = self._run_isolated(overrides, trial.number)
-            except BaseException as e:  # KeyboardInterrupt, SystemExit from an in-process job
-                self._close(trial, f"the sweep stopped while the job ran: {describe_error(e)}")
-                raise
-            self._record(trial, outcome, run_dir)
-            with self._lock:
-                self._in_flight.pop(trial.number, None)
-                self._after(trial.number, outcome)
+            if self.packer is not None:
+                self.packer.run(self, trial, overrides)
+            else:
+                self.run_alone(trial, overrides)
 
-    def _run_isolated(self, overrides: list[str], number: int) -> tuple[Outcome, str | None]:
+    def run_alone(self, trial: optuna.Trial, overrides: list[str]) -> None:
+        """Launch one trial's job and tell Optuna its outcome."""
+        try:
+            outcome, run_dir = self._run_isolated(overrides, trial.number)
+        except BaseException as e:  # KeyboardInterrupt, SystemExit from an in-process job
+            self._close(trial, f"the sweep stopped while the job ran: {describe_error(e)}")
+            raise
+        self.finish(trial, outcome, run_dir)
+
+    def finish(self, trial: optuna.Trial, outcome: Outcome, run_dir: str | None) -> None:
+        """Tell Optuna a trial's outcome and count it (a trial alone, or a member of a pack)."""
+        self._record(trial, outcome, run_dir)
+        with self._lock:
+            self._in_flight.pop(trial.number, None)
+            self._after(trial.number, outcome)
+
+    # used by packing (sweeper/_pack.py): the loop's own ask, prepare, launch and database calls
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    def next_trial(self) -> optuna.Trial | None:
+        return self._next_trial()
+
+    def prepare_trial(self, trial: optuna.Trial) -> list[str]:
+        return self._prepare(trial)
+
+    def run_pack_job(self, overrides: list[str], number: int) -> tuple[Outcome, str | None]:
+        """A pack's job: its members' results come through the study, so only its failure is judged here."""
+        return self._run_isolated(overrides, number, values=False)
+
+    def db(self, action: Callable[[], T], what: str) -> T:
+        return self._db(action, what)
+
+    def close(self, trial: optuna.Trial, reason: str) -> None:
+        self._close(trial, reason)
+
+    def forget(self, trial: optuna.Trial) -> None:
+        """Stop tracking a trial another worker closed meanwhile."""
+        self.heartbeat.remove(trial)
+        with self._lock:
+            self._in_flight.pop(trial.number, None)
+
+    def _run_isolated(self, overrides: list[str], number: int, *, values: bool = True) -> tuple[Outcome, str | None]:
         """Run the job and read its outcome and run folder. Nothing of the job outlives this call: its JobReturn
         and exception are dropped with their frames cleared, and the process's state is released before the next
         trial starts (sweeper._isolation)."""
         with JobBoundary():
             ret, error, note = self._run_job(overrides, number)
-            outcome = judge(ret, error, len(self.study.directions), note)
+            outcome = judge(ret, error, len(self.study.directions) if values else None, note)
             run_dir = _run_dir(ret)
             forget_frames(job_exception(ret))
             forget_frames(error)

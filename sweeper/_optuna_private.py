@@ -40,6 +40,14 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
+def study_id(study: optuna.Study) -> int:
+    """`study._study_id`: the storage's key of a study, for study system attributes (a pack's "closed" flag).
+
+    Public replacement: none (`Study` has `system_attrs` to read, but nothing public writes one).
+    """
+    return study._study_id
+
+
 def trial_id_of_number(study: optuna.Study, number: int) -> int:
     """The storage id of trial `number`, for a job that must attach to the trial its sweeper asked for.
 

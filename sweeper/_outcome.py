@@ -49,10 +49,11 @@ def job_exception(ret: JobReturn | None) -> BaseException | None:
 
 
 def judge(
-    ret: JobReturn | None, launch_error: BaseException | None, n_objectives: int, note: str | None = None
+    ret: JobReturn | None, launch_error: BaseException | None, n_objectives: int | None, note: str | None = None
 ) -> Outcome:
     """The trial's outcome from the launcher's JobReturn (or the error the launcher itself raised, with `note`
-    saying what the sweeper learnt about it)."""
+    saying what the sweeper learnt about it). `n_objectives=None`: the job returns no objective (a pack's job,
+    whose members' results come through the study): COMPLETE unless it failed."""
     if launch_error is not None:
         # no traceback: it would show the launcher's internals, not the job's
         reason = f"the launcher failed before the job returned: {describe_error(launch_error)}"
@@ -65,7 +66,14 @@ def judge(
             return Outcome(TrialState.PRUNED)
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
         return Outcome(TrialState.FAIL, reason=describe_error(error), traceback=text)
+    if n_objectives is None:
+        return Outcome(TrialState.COMPLETE)
     return _values(ret.return_value, n_objectives)
+
+
+def from_values(value: Any, n_objectives: int) -> Outcome:
+    """COMPLETE with the value(s) a trial returned, or FAIL saying why they are not a result (a packed member's)."""
+    return _values(value, n_objectives)
 
 
 def _values(value: Any, n_objectives: int) -> Outcome:

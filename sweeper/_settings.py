@@ -26,7 +26,7 @@ DIRECTIONS = ("minimize", "maximize")
 # several workers: heartbeats, stale trials, reconnection (keys hydra-optuna-sweeper does not have)
 LIVENESS_KEYS = ("heartbeat_interval", "grace_period", "max_retry", "reconnect_timeout")
 # other keys hydra-optuna-sweeper does not have: a config written for it lacks them, so they take their defaults
-OWN_KEYS = (*LIVENESS_KEYS, "extend_study", "check", "confirm")
+OWN_KEYS = (*LIVENESS_KEYS, "extend_study", "check", "confirm", "pack")
 KEYS = (
     "sampler",
     "pruner",
@@ -44,6 +44,7 @@ KEYS = (
     "check",
     *LIVENESS_KEYS,
     "confirm",
+    "pack",
 )
 
 
@@ -71,6 +72,7 @@ class Settings:
     max_retry: int | None
     reconnect_timeout: float
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+    pack_size: int = 1  # trials per job over one shared base (sweeper._pack); 1 = no packing
 
     @property
     def multi_objective(self) -> bool:
@@ -104,7 +106,7 @@ def build_settings(**raw: Any) -> Settings:
     cfg = {key: _plain(raw.get(key)) for key in KEYS}
     for key in OWN_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
         if key not in raw:
-            cfg[key] = getattr(LorasweepSweeperConf, key, None)
+            cfg[key] = getattr(LorasweepSweeperConf, key, None)  # None: a node with its own default (confirm, pack)
 
     direction = cfg["direction"]
     directions = [direction] if isinstance(direction, str) else direction
@@ -164,6 +166,7 @@ def build_settings(**raw: Any) -> Settings:
             )
 
     _check_liveness(cfg)
+    pack_size = _pack_size(cfg["pack"])
     confirm = confirm_settings(cfg["confirm"])
     if confirm.enabled and len(directions) > 1:
         raise ValueError(
@@ -198,7 +201,20 @@ def build_settings(**raw: Any) -> Settings:
         max_retry=cfg["max_retry"],
         reconnect_timeout=float(cfg["reconnect_timeout"]),
         confirm=confirm,
+        pack_size=pack_size,
     )
+
+
+def _pack_size(pack: Any) -> int:
+    """`pack.size`: trials trained together in one job (1 = each alone)."""
+    if pack is None:
+        return 1
+    if not isinstance(pack, Mapping) or set(pack) - {"size"}:
+        raise ValueError(f"`pack` must be a mapping with the key size (pack.size=4), but got pack={pack!r}.")
+    size = pack.get("size", 1)
+    if not _is_int(size) or size < 1:
+        raise ValueError(f"`pack.size` must be an integer >= 1 (1 = no packing), but got pack.size={size!r}.")
+    return size
 
 
 def _check_liveness(cfg: dict[str, Any]) -> None:

@@ -24,8 +24,9 @@ from sweeper._grammar import SearchSpace, describe, format_value, parse_search_s
 from sweeper._heartbeat import Heartbeat, RetryStaleTrial, quiet_heartbeat_warnings
 from sweeper._loop import TrialLoop
 from sweeper._optuna_private import study_storage, trial_id
+from sweeper._pack import Packer, check_packing, probe_overrides
 from sweeper._phase import SearchOnlySampler, confirmation_of
-from sweeper._preflight import preflight, preflight_confirmation, registered_check
+from sweeper._preflight import job_view, preflight, preflight_confirmation, registered_check
 from sweeper._pruners import GROUP_ATTR, GROUP_BY, GroupedPruner, build_pruner, group_values, pruner_name
 from sweeper._recorded import TRIAL_FIXED_ATTR, check_or_record
 from sweeper._results import report, summarize, write_results
@@ -63,6 +64,7 @@ class OptunaSweeper:
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
         self.pruner: optuna.pruners.BasePruner | None = None
+        self.packer: Packer | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -124,6 +126,7 @@ class OptunaSweeper:
             reconnect_timeout=s.reconnect_timeout,
             storage_name=mask_url(storage_url),
         )
+        loop.packer = self.packer  # search trials only: confirmation runs run alone
         loop.run()
         return loop
 
@@ -165,6 +168,7 @@ class OptunaSweeper:
         self._set_study_name(study_name)
         self._preflight(space, study_name)
         storage_url = absolute_url(s.storage, str(self.config.hydra.runtime.cwd))
+        self.packer = self._packer(space, study_name, storage_url)  # packing (sweeper/_pack.py)
         pruner = self.pruner = build_pruner(s.pruner, s.multi_objective)
         try:
             storage = open_storage(storage_url, heartbeat=heartbeat_settings(s), timeout_s=s.reconnect_timeout)
@@ -243,6 +247,23 @@ class OptunaSweeper:
         confirm = self.settings.confirm
         if confirm.enabled:
             preflight_confirmation(space, compose, self.check, confirm_overrides([], 0, confirm.seed_base))
+
+    def _packer(self, space: SearchSpace, study_name: str, storage_url: str | None) -> Packer | None:
+        """With pack.size > 1: refuse what cannot pack (one line), else how trials are keyed for packs."""
+        size = self.settings.pack_size
+        if size <= 1:
+            return None
+        assert self.config is not None and self.hydra_context is not None
+        loader, config = self.hydra_context.config_loader, self.config
+        compose = lambda overrides: job_view(loader.load_sweep_config(config, overrides))
+        probes = [compose(o + _trial_identity(study_name, 0)) for o in probe_overrides(space)]
+        key = check_packing(size, self.launcher, storage_url, probes)
+        assert key is not None
+        log.info("Packing: up to %d trials that can share a base model train together in one job (pack.size)", size)
+        sampler = self.settings.sampler
+        if sampler["_target_"].endswith("TPESampler") and not sampler.get("constant_liar"):
+            log.info("    TPE proposes alike points for trials in flight together: constant_liar=true spreads them")
+        return Packer(size, lambda overrides: key(compose(overrides)))
 
     @staticmethod
     def _check_pruner_groups(space: SearchSpace, pruner: optuna.pruners.BasePruner) -> None:

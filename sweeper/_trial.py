@@ -218,6 +218,12 @@ def current_trial() -> TrialHandle | None:
     return _handles[key]
 
 
+def trial_handle(study_name: str, number: int) -> TrialHandle | None:
+    """A handle of trial `number` of the study, found as `current_trial` finds the job's own; a packed job runs
+    several trials at once (`tasks.train.pack`). None when the study cannot be reached."""
+    return _open_handle(study_name, number)
+
+
 def _open_handle(study_name: str, number: int) -> TrialHandle | None:
     loaded = _load_study(study_name)
     if loaded is None:

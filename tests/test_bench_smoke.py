@@ -88,3 +88,16 @@ def test_pruning_bench_prunes_and_cannot_beat_the_unpruned_study(tmp_path: Path)
     assert pruned["best"] is not None and pruned["best"] >= unpruned["best"] - 1e-12
     assert record["pruned_bests"] == [pruned["best"]]
     assert record["pruned_best_within_spread"] == (pruned["best"] <= unpruned["best"])
+
+
+def test_packing_bench_runs_both_ways_and_the_results_agree(tmp_path: Path) -> None:
+    records = run_bench(
+        "packing.py",
+        *("--size", "tiny", "--trials", "2", "--steps", "2", "--packs", "2"),
+        json_file=tmp_path / "k.jsonl",
+    )
+    alone, packed = records
+    assert (alone["mode"], packed["mode"]) == ("alone", "pack 2") and packed["same_results"] is True
+    assert alone["speedup"] == 1.0
+    assert packed["speedup"] == pytest.approx(packed["study_tokens_per_s"] / alone["study_tokens_per_s"])
+    assert all(r["wall_s"] > 0 and r["peak_mb"] > 100 for r in records)

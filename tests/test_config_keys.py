@@ -37,8 +37,16 @@ from tasks.config.keys import override_problems, unknown_keys
                 "hydra.sweeper.n_trials?)"
             ],
         ),
+        # a key of a sweeper node (packing): the node's own key
+        (
+            ["-m", "hydra.sweeper.pack.siz=2", "lora.rank=4,8"],
+            [
+                "every key of hydra.sweeper.pack must be one it has, but got hydra.sweeper.pack.siz=2 (did you mean "
+                "hydra.sweeper.pack.size?)"
+            ],
+        ),
     ],
-    ids=["key", "added-key", "added-group", "option", "sweep", "several", "sweeper-key"],
+    ids=["key", "added-key", "added-group", "option", "sweep", "several", "sweeper-key", "sweeper-pack-key"],
 )
 def test_sweep_py_refuses_in_one_line_naming_the_key_and_the_nearest_real_one(args, named, tmp_path: Path):
     proc = run_sweep_py(

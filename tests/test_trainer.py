@@ -13,7 +13,7 @@ import torch
 from helpers import run_sweep_py
 
 from tasks.train.build import build_model
-from tasks.train.loop import _loss_tokens, evaluate, fit, train_step
+from tasks.train.loop import evaluate, fit, loss_tokens, train_step
 from tasks.train.optim import lr_at
 from tasks.train.runtime import resolve_runtime
 from tasks.train.trial import run_trial
@@ -126,7 +126,7 @@ def test_accumulating_two_half_batches_makes_the_same_update_as_one_batch(
     lengths = lambda b: b["attention_mask"].sum(1)
     assert torch.equal(torch.cat([lengths(h) for h in halves]), lengths(batch8)), "the halves hold the same rows"
     if task_name == "alpaca":
-        assert _loss_tokens(halves[0]) != _loss_tokens(halves[1]), "uneven halves exercise the token weighting"
+        assert loss_tokens(halves[0]) != loss_tokens(halves[1]), "uneven halves exercise the token weighting"
 
     torch.manual_seed(0)
     model = build_model(cfg, task.num_classes, runtime)

@@ -6,7 +6,8 @@ variant, PiSSA initialisation, rsLoRA scaling, LoRA+ learning rates, reversible 
     optimizer = torch.optim.AdamW(lora_param_groups(gpt, lr=2e-4, weight_decay=0.01, lr_ratio=16))
 
 Layout: `settings` (targets and checks) ← `adapter` (one update, LoRA or DoRA) ← `layers` (frozen linears carrying
-adapters) ← `pissa` ← `apply` (model-level functions) ← `groups` (optimizer groups). Parity with PEFT is tested in
+adapters) ← `pissa` ← `apply` (model-level functions) ← `groups` (optimizer groups); `packed` (several trials' adapters
+over one shared base, `PackedGPT`) builds on `apply`. Parity with PEFT is tested in
 tests/test_lora*.py.
 """
 
@@ -24,6 +25,7 @@ from model.lora.apply import (
 )
 from model.lora.groups import lora_param_groups, lora_plus_params
 from model.lora.layers import AdaptedLinear, LoRALinear, LoRAQKVLinear
+from model.lora.packed import PackedGPT
 from model.lora.settings import (
     ALL_TARGETS,
     DEFAULT_TARGETS,
@@ -54,6 +56,7 @@ __all__ = [
     "LoRATarget",
     "LoRAVariant",
     "MergedLoRA",
+    "PackedGPT",
     "adapter_state_dict",
     "apply_lora",
     "lora_adapters",

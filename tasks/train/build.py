@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from tasks.train.runtime import Runtime
 
 if TYPE_CHECKING:
-    from model import GPTConfig
+    from model import GPT, GPTConfig
+    from model.lora import LoRASettings
 
 
 def model_preset(cfg: DictConfig) -> GPTConfig:
@@ -20,32 +21,55 @@ def model_preset(cfg: DictConfig) -> GPTConfig:
     return GPTConfig.from_preset(cfg.model.preset)
 
 
-def build_model(cfg: DictConfig, num_classes: int | None, runtime: Runtime) -> torch.nn.Module:
-    """The model a trial trains: pretrained or random GPT-2, LoRA adapters, frozen blocks, on the device."""
-    from common.allocator import maybe_tune_malloc
-    from model import GPT, GPTConfig, apply_lora, freeze_blocks, from_pretrained
+def lora_settings(cfg: DictConfig) -> LoRASettings:
+    """The `lora` node as `apply_lora` takes it (a trial alone and a packed one read it here, so they agree)."""
+    from model.lora import LoRASettings
 
-    if runtime.device.type == "cpu":
-        maybe_tune_malloc()  # opt-in (LORASWEEP_MALLOC=tuned): see common/allocator.py and BENCHMARKS.md
+    lora = cfg.lora
+    return LoRASettings(
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        targets=tuple(lora.targets),
+        rslora=lora.rslora,
+        variant=lora.variant,
+        init=lora.init,
+    )
+
+
+def base_model(cfg: DictConfig, num_classes: int | None) -> GPT:
+    """The GPT-2 of `cfg.model` on the CPU: pretrained weights, or random ones drawn from the global RNG (so from
+    the trial's seed); a classification head when `num_classes` is set. A pack of trials shares one."""
+    from model import GPT, GPTConfig, from_pretrained
+
     m = cfg.model
     if m.pretrained:
         if not m.hub_id:
             raise ValueError(f"model.pretrained=true needs model.hub_id, but got model.hub_id={m.hub_id!r}")
-        model = from_pretrained(m.hub_id, num_classes=num_classes, revision=m.revision, dropout=m.dropout)
-    else:
-        model = GPT(GPTConfig.from_preset(m.preset, dropout=m.dropout, num_classes=num_classes))
+        return from_pretrained(m.hub_id, num_classes=num_classes, revision=m.revision, dropout=m.dropout)
+    return GPT(GPTConfig.from_preset(m.preset, dropout=m.dropout, num_classes=num_classes))
+
+
+def build_model(cfg: DictConfig, num_classes: int | None, runtime: Runtime) -> torch.nn.Module:
+    """The model a trial trains: pretrained or random GPT-2, LoRA adapters, frozen blocks, on the device."""
+    from common.allocator import maybe_tune_malloc
+    from model import apply_lora, freeze_blocks
+
+    if runtime.device.type == "cpu":
+        maybe_tune_malloc()  # opt-in (LORASWEEP_MALLOC=tuned): see common/allocator.py and BENCHMARKS.md
+    model = base_model(cfg, num_classes)
     if cfg.finetune.mode == "lora":
-        lora = cfg.lora
+        lora = lora_settings(cfg)
         apply_lora(
             model,
             rank=lora.rank,
             alpha=lora.alpha,
             dropout=lora.dropout,
-            targets=tuple(lora.targets),
+            targets=lora.targets,
             rslora=lora.rslora,
             variant=lora.variant,
             init=lora.init,
-            pretrained=m.pretrained,  # PiSSA on a random base warns that its start is arbitrary
+            pretrained=cfg.model.pretrained,  # PiSSA on a random base warns that its start is arbitrary
         )
     freeze_blocks(model, cfg.freeze.blocks)
     if cfg.trainer.grad_checkpointing:

@@ -12,3 +12,12 @@ def current_trial() -> Any:
     except ImportError:
         return None
     return sweeper_trial()
+
+
+def trial_by_number(study_name: str, number: int) -> Any:
+    """Trial `number` of the study this job's sweep runs (a packed job runs several), or None."""
+    try:
+        from sweeper import trial_handle
+    except ImportError:
+        return None
+    return trial_handle(study_name, number)

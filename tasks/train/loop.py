@@ -67,13 +67,13 @@ def eval_batch_size(trainer: DictConfig) -> int:
     return trainer.get("eval_batch_size") or trainer.batch_size
 
 
-def _loss_tokens(batch: Mapping[str, torch.Tensor]) -> int:
+def loss_tokens(batch: Mapping[str, torch.Tensor]) -> int:
     """How many targets a batch's loss averages over: one per row (classification) or per shifted label (LM)."""
     labels = batch["labels"]
     return int(labels.numel()) if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
 
 
-def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
@@ -100,17 +100,32 @@ def train_step(
     Each micro-batch's mean loss is weighted by its share of the step's targets, so batch 8 x accum 1 and
     batch 4 x accum 2 make the same update even when the micro-batches hold different numbers of tokens.
     """
-    total = sum(_loss_tokens(b) for b in micro_batches)
+    total = sum(loss_tokens(b) for b in micro_batches)
     step_loss = 0.0
     for batch in micro_batches:
-        n = _loss_tokens(batch)
+        n = loss_tokens(batch)
         if n == 0:
             continue
         with runtime.autocast():
-            loss, _ = task.compute_loss(model, _to_device(batch, runtime.device))
+            loss, _ = task.compute_loss(model, to_device(batch, runtime.device))
         scaled = loss * (n / total)
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         step_loss += float(loss.detach()) * n / total
+    apply_step(optimizer, step_loss, step=step, lr=lr, grad_clip=grad_clip, scaler=scaler)
+    return step_loss
+
+
+def apply_step(
+    optimizer: torch.optim.Optimizer,
+    step_loss: float,
+    *,
+    step: int,
+    lr: float,
+    grad_clip: float | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """The end of an optimizer step once the gradients are in: refuse a non-finite loss, clip, set the lr, step,
+    keep the gradient buffers zeroed (a packed trial calls this for its own optimizer, `tasks.train.pack`)."""
     if not math.isfinite(step_loss):
         raise NonFiniteLossError(
             f"the training loss became {step_loss} at optimizer step {step} (lr={lr:.3g}); "
@@ -132,7 +147,6 @@ def train_step(
     for p in params:
         if p.grad is not None and p.numel() >= _FRESH_GRAD_NUMEL:
             p.grad = None
-    return step_loss
 
 
 @torch.no_grad()
@@ -155,7 +169,7 @@ def evaluate(
         if max_batches is not None:  # a fixed sample of the whole split, not its first (shortest) batches
             split = fixed_sample(split, max_batches * batch_size)
         batches = iterate_batches(split, batch_size, shuffle=False, bucket=1)  # sorted by length: least padding
-        device_batches = (_to_device(b, runtime.device) for b in batches)
+        device_batches = (to_device(b, runtime.device) for b in batches)
         with runtime.autocast():
             return {k: float(v) for k, v in task.evaluate(model, device_batches).items()}
     finally:
@@ -223,6 +237,39 @@ def _micro_batch_groups(data: Any, trainer: DictConfig, epoch: int) -> Iterator[
         yield chunk
 
 
+# what `fit_events` yields besides a step's micro-batches: validation is due (may stop early), the last validation
+EVALUATE, FINAL = "evaluate", "final"
+
+
+def fit_events(data: Any, trainer: DictConfig, state: FitState, total_steps: int) -> Iterator[list[Any] | str]:
+    """The loop's order of work after the step-0 validation: the micro-batches of each optimizer step to take, and
+    `EVALUATE` every `trainer.eval_every` steps and at each epoch end, `FINAL` once at the end when the last step
+    was not validated yet. The caller takes each step (advancing `state.step`) before asking for the next event;
+    `fit` drives it for one trial, `tasks.train.pack` for each trial of a pack."""
+    last_eval_step = state.step
+    for epoch in range(trainer.epochs):
+        for group in _micro_batch_groups(data, trainer, epoch):
+            if state.step >= total_steps:
+                break
+            yield group
+            if trainer.eval_every and state.step % trainer.eval_every == 0:
+                last_eval_step = state.step
+                yield EVALUATE
+        if state.step >= total_steps:
+            break
+        if last_eval_step != state.step:  # epoch end
+            last_eval_step = state.step
+            yield EVALUATE
+    if last_eval_step != state.step or not state.val_curve:
+        yield FINAL
+
+
+def validation_of(cfg: DictConfig, eval_key: str, eval_direction: str, trial: Any) -> Validation:
+    """How a trial validates: its metric and direction, evaluation size, patience, and the trial it reports to."""
+    tr = cfg.trainer
+    return Validation(eval_key, eval_direction, eval_batch_size(tr), tr.max_eval_batches, tr.patience, trial)
+
+
 def fit(
     model: torch.nn.Module,
     task: Any,
@@ -241,36 +288,22 @@ def fit(
     `state` is filled in place, so a caller still has the curves when the trial is pruned mid-way.
     """
     tr = cfg.trainer
-    trial = current_trial()
-    how = Validation(
-        eval_key, eval_direction, eval_batch_size(tr), tr.max_eval_batches, tr.patience, trial if report else None
-    )
+    how = validation_of(cfg, eval_key, eval_direction, current_trial() if report else None)
     total_steps = planned_steps(len(data.train), tr)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.precision == "fp16" else None
     model.train()
     validate(model, task, data.val, runtime, state, how)  # step 0: the untouched model, the trial's own baseline
-    last_eval_step = state.step
     with tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True, leave=False) as bar:
-        for epoch in range(tr.epochs):
-            for group in _micro_batch_groups(data, tr, epoch):
-                if state.step >= total_steps:
-                    break
-                _optimizer_step(model, task, group, optimizer, runtime, cfg, state, total_steps, scaler)
-                _show(bar, state)
-                if tr.eval_every and state.step % tr.eval_every == 0:
-                    last_eval_step = state.step
-                    if validate(model, task, data.val, runtime, state, how):
-                        state.stopped_early = True
-                        return state
-            if state.step >= total_steps:
-                break
-            if last_eval_step != state.step:  # epoch end
-                last_eval_step = state.step
+        for event in fit_events(data, tr, state, total_steps):
+            if event == FINAL:
+                validate(model, task, data.val, runtime, state, how)
+            elif event == EVALUATE:
                 if validate(model, task, data.val, runtime, state, how):
                     state.stopped_early = True
                     return state
-        if last_eval_step != state.step or not state.val_curve:
-            validate(model, task, data.val, runtime, state, how)
+            else:
+                _optimizer_step(model, task, event, optimizer, runtime, cfg, state, total_steps, scaler)
+                _show(bar, state)
     return state
 
 
@@ -286,13 +319,27 @@ def _optimizer_step(
     scaler: torch.amp.GradScaler | None,
 ) -> None:
     """One step of the schedule: its lr, `train_step`, and the step's place on the curve and in the counters."""
-    s = cfg.schedule
-    lr = lr_at(state.step, total_steps, cfg.optim.lr, s.name, s.warmup_ratio, s.get("min_lr_ratio", 0.0))
+    lr = step_lr(cfg, state.step, total_steps)
     t = time.perf_counter()
     loss = train_step(
         model, task, group, optimizer, runtime, step=state.step, lr=lr, grad_clip=cfg.trainer.grad_clip, scaler=scaler
     )
-    seconds, tokens = time.perf_counter() - t, sum(int(b["attention_mask"].sum()) for b in group)
+    record_step(state, time.perf_counter() - t, group_tokens(group), loss, lr)
+
+
+def step_lr(cfg: DictConfig, step: int, total_steps: int) -> float:
+    """The schedule's learning rate at optimizer step `step` of a trial's config."""
+    s = cfg.schedule
+    return lr_at(step, total_steps, cfg.optim.lr, s.name, s.warmup_ratio, s.get("min_lr_ratio", 0.0))
+
+
+def group_tokens(group: list[Mapping[str, torch.Tensor]]) -> int:
+    """The real (unpadded) tokens of a step's micro-batches: what tokens/s counts."""
+    return sum(int(b["attention_mask"].sum()) for b in group)
+
+
+def record_step(state: FitState, seconds: float, tokens: int, loss: float, lr: float) -> None:
+    """A finished optimizer step in the counters and on the training curve."""
     state.train_time_s += seconds
     state.train_tokens += tokens
     state.step_times.append(seconds)

@@ -63,7 +63,7 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.trainer.seed)
     trial = current_trial()
-    task, data, memory = _load(cfg, objective, runtime, preset.n_positions)
+    task, data, memory = load_task_data(cfg, objective, runtime, preset.n_positions)
     twin = find_twin(trial, cfg, data.info)  # after the load: the data is part of the fingerprint
     if twin is not None:
         return reuse(twin, trial, out, started)
@@ -72,6 +72,20 @@ def run_trial(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
     info = getattr(setup.data, "info", {})
     recorder = Recorder(cfg, runtime, out, started, setup.memory, setup.params, info, trial, load_start)
     state = _fit(cfg, setup, runtime, objective, recorder)
+    return finish(cfg, setup, state, runtime, objective, out, recorder)
+
+
+def finish(
+    cfg: DictConfig,
+    setup: Setup,
+    state: FitState,
+    runtime: Runtime,
+    objective: Objective,
+    out: Path,
+    recorder: Recorder,
+) -> dict[str, Any]:
+    """After training: the best weights' validation and test metrics (and generations), the references, the
+    checkpoint and metrics.json; a packed trial ends the same way (`tasks.train.pack`)."""
     with out_of_memory_names_settings(cfg, runtime.device, runtime.precision, "evaluating and generating"):
         metrics = _evaluate(cfg, setup, state, runtime, objective, out)
     metrics.update(references(setup.data, state))
@@ -95,7 +109,7 @@ def _run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
     return path
 
 
-def _load(
+def load_task_data(
     cfg: DictConfig, objective: Objective, runtime: Runtime, n_positions: int
 ) -> tuple[Task, TaskData, PeakMemory]:
     """The task and its tokenized splits; a judge objective without a key fails first, before any of it."""
@@ -115,10 +129,8 @@ def _setup(
     """The validation prompts, the model and its optimizer, on top of the loaded data."""
     from model import count_parameters
 
-    # the validation metric behind early stopping and pruning: the objective when it is measured on the
-    # validation split, else the task's own (e.g. perplexity when the objective is the end-of-trial judge)
-    watch = objective if objective.on_validation else Objective.from_config(cfg.task.objective)
-    val_prompts = _validation_prompts(task, data, objective)
+    watch = watched(cfg, objective)
+    val_prompts = validation_prompts_of(task, data, objective)
     model = build_model(cfg, task.num_classes, runtime)
     params = count_parameters(model)
     log.info(
@@ -126,12 +138,24 @@ def _setup(
         cfg.finetune.mode, cfg.model.name, task.name, f"{params[0]:,}", f"{params[1]:,}",
         100 * params[0] / params[1], runtime.device, runtime.precision,
     )  # fmt: skip
-    lr_ratio = cfg.lora.lr_ratio if cfg.finetune.mode == "lora" else 1.0  # LoRA+: B learns lr_ratio x faster
-    optimizer = build_optimizer(model, cfg.optim, runtime.device, lr_ratio=lr_ratio)
+    optimizer = trial_optimizer(cfg, model, runtime.device)
     return Setup(task, data, model, optimizer, memory, params, watch, val_prompts)
 
 
-def _validation_prompts(task: Task, data: TaskData, objective: Objective) -> list[dict[str, str]] | None:
+def trial_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """The trial's optimizer over its trainable tensors, with LoRA+ groups (`lora.lr_ratio`); a packed trial builds
+    its own here too (`tasks.train.pack`), so it trains as it would alone."""
+    lr_ratio = cfg.lora.lr_ratio if cfg.finetune.mode == "lora" else 1.0  # LoRA+: B learns lr_ratio x faster
+    return build_optimizer(model, cfg.optim, device, lr_ratio=lr_ratio)
+
+
+def watched(cfg: DictConfig, objective: Objective) -> Objective:
+    """The validation metric behind early stopping and pruning: the objective when it is measured on the
+    validation split, else the task's own (e.g. perplexity when the objective is the end-of-trial judge)."""
+    return objective if objective.on_validation else Objective.from_config(cfg.task.objective)
+
+
+def validation_prompts_of(task: Task, data: TaskData, objective: Objective) -> list[dict[str, str]] | None:
     """The fixed validation subset a trial generates for (`task.val_generate_size`); None when nothing is generated.
 
     An objective measured on generations (`judge`, `rouge_l`) without them fails here, before the model is built.
