@@ -98,73 +98,11 @@ def _is_int(value: Any) -> bool:
 
 def build_settings(**raw: Any) -> Settings:
     """Validate `hydra.sweeper.*` (as Hydra passes them) into Settings; raise ValueError on the first bad key."""
-    unknown = sorted(set(raw) - set(KEYS))
-    if unknown:
-        near = {k: difflib.get_close_matches(k, KEYS, n=1) for k in unknown}
-        hints = "".join(f" (did you mean {near[k][0]} for {k}?)" for k in unknown if near[k])
-        raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}{hints}.")
-    cfg = {key: _plain(raw.get(key)) for key in KEYS}
-    for key in OWN_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
-        if key not in raw:
-            cfg[key] = getattr(LorasweepSweeperConf, key, None)  # None: a node with its own default (confirm, pack)
-
-    direction = cfg["direction"]
-    directions = [direction] if isinstance(direction, str) else direction
-    if not isinstance(directions, list) or not directions or not all(d in DIRECTIONS for d in directions):
-        raise ValueError(
-            f"`direction` must be 'minimize', 'maximize' or a non-empty list of them, but got direction={direction!r}."
-        )
-
-    objective = cfg["objective"]
-    names = [objective] if isinstance(objective, str) else objective
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise ValueError(f"`objective` must be a name or a list of names, but got objective={objective!r}.")
-    if names is not None and len(names) != len(directions):
-        raise ValueError(
-            "`objective` and `direction` must have the same length (one direction per objective), "
-            f"but got objective={names} and direction={directions}."
-        )
-
-    storage = cfg["storage"]
-    if storage is not None and (not isinstance(storage, str) or url_scheme(storage) not in STORAGE_SCHEMES):
-        shown = mask_url(storage) if isinstance(storage, str) else repr(storage)
-        raise ValueError(
-            "`storage` must be null, a database URL (sqlite:///<file>, postgresql+psycopg://..., mysql://...) "
-            f"or journal:///<file>, but got storage={shown}."
-        )
-
-    study_name = cfg["study_name"]
-    if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()):
-        raise ValueError(f"`study_name` must be null or a non-empty string, but got study_name={study_name!r}.")
-
-    if not isinstance(cfg["extend_study"], bool):
-        raise ValueError(f"`extend_study` must be true or false, but got extend_study={cfg['extend_study']!r}.")
-
-    for key in ("n_trials", "n_jobs"):
-        if not _is_int(cfg[key]) or cfg[key] < 1:
-            raise ValueError(f"`{key}` must be a positive integer, but got {key}={cfg[key]!r}.")
-
-    rate = cfg["max_failure_rate"]
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0.0 <= rate <= 1.0):
-        raise ValueError(f"`max_failure_rate` must be between 0 and 1 inclusive, but got max_failure_rate={rate!r}.")
-
-    params = cfg["params"] or {}
-    if not isinstance(params, Mapping):
-        raise ValueError(f"`params` must be a mapping of key to sweep (lora.rank: 4,8,16), but got params={params!r}.")
-
-    if cfg["search_space"]:
-        raise ValueError(
-            "`search_space` was replaced by `params` in hydra-optuna-sweeper 1.2: write each entry in the override "
-            f"grammar (optim.lr: tag(log, interval(1e-5, 1e-3))), but got search_space={cfg['search_space']!r}."
-        )
-
-    for key, signature in (("custom_search_space", "(cfg, trial)"), ("check", "(cfg)")):
-        path = cfg[key]
-        if path is not None and (not isinstance(path, str) or "." not in path):
-            raise ValueError(
-                f"`{key}` must be the dotted path of a function {signature} -> None, but got {key}={path!r}."
-            )
-
+    cfg = _with_defaults(raw)
+    directions, names = _objectives(cfg)
+    _check_study(cfg)
+    params = _params(cfg)
+    _check_hooks(cfg)
     _check_liveness(cfg)
     pack_size = _pack_size(cfg["pack"])
     confirm = confirm_settings(cfg["confirm"])
@@ -173,27 +111,19 @@ def build_settings(**raw: Any) -> Settings:
             "`confirm.seeds` needs a single objective to rank configurations by, but got "
             f"confirm.seeds={confirm.seeds} with direction={directions}; set confirm.seeds=0."
         )
-
-    for group in ("sampler", "pruner"):
-        node = cfg[group]
-        if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
-            raise ValueError(
-                f"`{group}` must be a config with a `_target_` (select one with hydra/sweeper/{group}=<name>), "
-                f"but got {group}={node!r}."
-            )
-
+    _check_plugins(cfg)
     return Settings(
         sampler=dict(cfg["sampler"]),
         pruner=dict(cfg["pruner"]),
-        directions=list(directions),
-        metric_names=list(names) if names is not None else None,
-        storage=storage,
-        study_name=study_name,
+        directions=directions,
+        metric_names=names,
+        storage=cfg["storage"],
+        study_name=cfg["study_name"],
         extend_study=cfg["extend_study"],
         n_trials=cfg["n_trials"],
         n_jobs=cfg["n_jobs"],
-        max_failure_rate=float(rate),
-        params={str(k): v for k, v in params.items()},
+        max_failure_rate=float(cfg["max_failure_rate"]),
+        params=params,
         custom_search_space=cfg["custom_search_space"],
         check=cfg["check"],
         heartbeat_interval=cfg["heartbeat_interval"],
@@ -203,6 +133,96 @@ def build_settings(**raw: Any) -> Settings:
         confirm=confirm,
         pack_size=pack_size,
     )
+
+
+def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Every key, as plain values; an unknown key is refused with the nearest real one."""
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        near = {k: difflib.get_close_matches(k, KEYS, n=1) for k in unknown}
+        hints = "".join(f" (did you mean {near[k][0]} for {k}?)" for k in unknown if near[k])
+        raise ValueError(f"hydra.sweeper keys must be in {list(KEYS)}, but got unknown keys {unknown}{hints}.")
+    cfg = {key: _plain(raw.get(key)) for key in KEYS}
+    for key in OWN_KEYS:  # added after hydra-optuna-sweeper: a config written for it lacks them
+        if key not in raw:
+            cfg[key] = getattr(LorasweepSweeperConf, key, None)  # None: a node with its own default (confirm, pack)
+    return cfg
+
+
+def _objectives(cfg: dict[str, Any]) -> tuple[list[str], list[str] | None]:
+    """`direction` and `objective` as lists of the same length (the names may be unset)."""
+    direction = cfg["direction"]
+    directions = [direction] if isinstance(direction, str) else direction
+    if not isinstance(directions, list) or not directions or not all(d in DIRECTIONS for d in directions):
+        raise ValueError(
+            f"`direction` must be 'minimize', 'maximize' or a non-empty list of them, but got direction={direction!r}."
+        )
+    objective = cfg["objective"]
+    names = [objective] if isinstance(objective, str) else objective
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"`objective` must be a name or a list of names, but got objective={objective!r}.")
+    if names is not None and len(names) != len(directions):
+        raise ValueError(
+            "`objective` and `direction` must have the same length (one direction per objective), "
+            f"but got objective={names} and direction={directions}."
+        )
+    return list(directions), list(names) if names is not None else None
+
+
+def _check_study(cfg: dict[str, Any]) -> None:
+    """Where the study lives and how many trials it runs."""
+    storage = cfg["storage"]
+    if storage is not None and (not isinstance(storage, str) or url_scheme(storage) not in STORAGE_SCHEMES):
+        shown = mask_url(storage) if isinstance(storage, str) else repr(storage)
+        raise ValueError(
+            "`storage` must be null, a database URL (sqlite:///<file>, postgresql+psycopg://..., mysql://...) "
+            f"or journal:///<file>, but got storage={shown}."
+        )
+    study_name = cfg["study_name"]
+    if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()):
+        raise ValueError(f"`study_name` must be null or a non-empty string, but got study_name={study_name!r}.")
+    if not isinstance(cfg["extend_study"], bool):
+        raise ValueError(f"`extend_study` must be true or false, but got extend_study={cfg['extend_study']!r}.")
+    for key in ("n_trials", "n_jobs"):
+        if not _is_int(cfg[key]) or cfg[key] < 1:
+            raise ValueError(f"`{key}` must be a positive integer, but got {key}={cfg[key]!r}.")
+    rate = cfg["max_failure_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0.0 <= rate <= 1.0):
+        raise ValueError(f"`max_failure_rate` must be between 0 and 1 inclusive, but got max_failure_rate={rate!r}.")
+
+
+def _params(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`params` (key -> sweep in the override grammar); the plugin's removed `search_space` names its successor."""
+    params = cfg["params"] or {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"`params` must be a mapping of key to sweep (lora.rank: 4,8,16), but got params={params!r}.")
+    if cfg["search_space"]:
+        raise ValueError(
+            "`search_space` was replaced by `params` in hydra-optuna-sweeper 1.2: write each entry in the override "
+            f"grammar (optim.lr: tag(log, interval(1e-5, 1e-3))), but got search_space={cfg['search_space']!r}."
+        )
+    return {str(k): v for k, v in params.items()}
+
+
+def _check_hooks(cfg: dict[str, Any]) -> None:
+    """The user's functions, named by dotted path."""
+    for key, signature in (("custom_search_space", "(cfg, trial)"), ("check", "(cfg)")):
+        path = cfg[key]
+        if path is not None and (not isinstance(path, str) or "." not in path):
+            raise ValueError(
+                f"`{key}` must be the dotted path of a function {signature} -> None, but got {key}={path!r}."
+            )
+
+
+def _check_plugins(cfg: dict[str, Any]) -> None:
+    """The sampler and pruner nodes: configs Hydra can instantiate."""
+    for group in ("sampler", "pruner"):
+        node = cfg[group]
+        if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
+            raise ValueError(
+                f"`{group}` must be a config with a `_target_` (select one with hydra/sweeper/{group}=<name>), "
+                f"but got {group}={node!r}."
+            )
 
 
 def _pack_size(pack: Any) -> int:
