@@ -251,22 +251,15 @@ def test_an_interrupted_sweep_fails_its_running_trial_instead_of_leaving_it_runn
         text=True,
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not _reported(tmp_path):  # the job is in its trial, however slow the machine
-        time.sleep(0.2)
+    while time.monotonic() < deadline and not (tmp_path / "sweep" / "trial_0" / "running").exists():
+        time.sleep(0.2)  # until the job is in its trial, however slow the machine
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     (trial,) = load(tmp_path).trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("the sweep stopped while the job ran: KeyboardInterrupt")
-
-
-def _reported(tmp_path: Path) -> bool:
-    """Whether the study's first trial has reported a value: its job runs. The study is opened only once the job's
-    folder exists (the sweeper has made the database by then: two processes creating its tables could collide)."""
-    return (tmp_path / "sweep" / "trial_0" / ".hydra").exists() and any(
-        t.intermediate_values for t in load(tmp_path).trials
-    )
 
 
 def test_an_in_memory_study_still_reports_and_prunes_in_process(tmp_path):

@@ -62,6 +62,8 @@ def main(cfg: DictConfig) -> float | tuple[float, float]:
         os.kill(os.getpid(), signal.SIGKILL)  # a worker killed mid-trial (only under a process launcher)
     curve = []
     loss = math.inf
+    run_dir = HydraConfig.get().runtime.output_dir
+    Path(run_dir, "running").touch()  # for a test that interrupts a running trial (no database read needed)
     for step in range(1, cfg.steps + 1):
         loss = (cfg.x - 1.0) ** 2 + cfg.y + cfg.model.offset + 1.0 / step + _seed_noise(cfg)
         if module is not None:
@@ -78,7 +80,6 @@ def main(cfg: DictConfig) -> float | tuple[float, float]:
         slow = trial is not None and trial.number == cfg.slow_trial
         time.sleep(cfg.slow_s / cfg.steps if slow else cfg.sleep_s)
     multi = not isinstance(cfg.objective, str)
-    run_dir = HydraConfig.get().runtime.output_dir
     metrics = {
         "objective": {"name": list(cfg.objective) if multi else cfg.objective, "key": "val_loss", "value": loss},
         "metrics": {"val_loss": loss, "best_step": cfg.steps},
