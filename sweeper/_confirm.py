@@ -87,11 +87,16 @@ def group_of(config: Any, keys: Iterable[str]) -> dict[str, Any]:
 
     keys = list(keys)
     values = group_values(config, keys)
-    inactive = list(_inactive(config)) if _inactive is not None else []
-    for key in keys:
-        if any(key == node or key.startswith(node + ".") for node in inactive):
-            values[key] = None
+    for key in unused_keys(config, keys):
+        values[key] = None
     return values
+
+
+def unused_keys(config: Any, keys: Iterable[str]) -> list[str]:
+    """The keys under a node the trial with this composed config ignores, by the app's rule (`set_inactive_keys`):
+    `lora.rank` under full fine-tuning."""
+    inactive = list(_inactive(config)) if _inactive is not None else []
+    return [key for key in keys if any(key == node or key.startswith(node + ".") for node in inactive)]
 
 
 def candidates(

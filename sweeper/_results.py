@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,11 @@ def summarize(
     n_trials: int,
     fixed: dict[str, Any],
     confirmed: list[dict[str, Any]] | None = None,
+    unused_of: Callable[[FrozenTrial], list[str]] | None = None,
 ) -> dict[str, Any]:
     """What optimization_results.yaml holds: the study, its trial counts, and its best result(s), all of the
-    search (a confirmation run with a lucky seed is not the best trial); then the confirmed configurations."""
+    search (a confirmation run with a lucky seed is not the best trial); then the confirmed configurations.
+    `unused_of(trial)` names the params a trial ignored (lora.* under full fine-tuning): `unused_params`."""
     results: dict[str, Any] = {
         "name": "lorasweep",
         "study_name": study.study_name,
@@ -64,6 +67,8 @@ def summarize(
         results["best_trial"] = best.number if best else None
         results["best_params"] = dict(best.params) if best else None
         results["best_value"] = _plain(best.value) if best else None
+        if best is not None and unused_of is not None:
+            results["unused_params"] = unused_of(best)
     else:
         results["solutions"] = [_solution(t) for t in _pareto(study, complete)]
     if confirmed is not None:
@@ -128,7 +133,10 @@ def report(results: dict[str, Any], path: Path, storage_url: str | None, launch_
         log.warning("No trial completed: there is no best value yet.")
     else:
         log.info("Best value: %s (trial %d)", results["best_value"], results["best_trial"])
-        log.info("Best parameters: %s", results["best_params"])
+        unused = results.get("unused_params") or []
+        used = {k: v for k, v in results["best_params"].items() if k not in unused}
+        note = ", ".join(f"{k}={results['best_params'][k]}" for k in unused)
+        log.info("Best parameters: %s%s", used, f" (not used by this trial: {note})" if note else "")
     for row in results.get("confirmed") or []:
         seeds = ", ".join(f"{s}: {'—' if v is None else f'{v:.6g}'}" for s, v in row["values"].items())
         log.info("Confirmed trial %d (search %.6g): seeds %s", row["trial"], row["search_value"], seeds)

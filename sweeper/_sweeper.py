@@ -17,7 +17,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sweeper._budget import Budget
-from sweeper._confirm import SEED_KEY, confirm_overrides
+from sweeper._confirm import SEED_KEY, confirm_overrides, unused_keys
 from sweeper._confirm_phase import ConfirmPhase
 from sweeper._finite import DistinctPointSampler, FiniteSpace
 from sweeper._grammar import SearchSpace, describe, format_value, parse_search_space
@@ -93,7 +93,8 @@ class OptunaSweeper:
             )
         confirmed = phase.run() if phase is not None and loop.stop_reason is None else None
 
-        results = summarize(study, storage_url, budget.n_trials, space.recorded(), confirmed)
+        unused_of = lambda t: unused_keys(self._compose(t, space, study.study_name), t.params)
+        results = summarize(study, storage_url, budget.n_trials, space.recorded(), confirmed, unused_of)
         path = write_results(results, Path(str(self.config.hydra.sweep.dir)))
         report(results, path, storage_url, str(self.config.hydra.runtime.cwd))
         if phase is not None and phase.loop is not None and phase.loop.stop_reason is not None:
@@ -133,18 +134,12 @@ class OptunaSweeper:
     def _confirm_phase(
         self, study: optuna.Study, space: SearchSpace, storage_url: str | None, n_workers: int
     ) -> ConfirmPhase:
-        assert self.config is not None and self.hydra_context is not None
-        loader, config, name = self.hydra_context.config_loader, self.config, study.study_name
-
-        def compose(trial: optuna.trial.FrozenTrial) -> DictConfig:
-            overrides = space.overrides(_values(trial.params, space)) + _trial_identity(name, trial.number)
-            return loader.load_sweep_config(config, overrides)
-
+        name = study.study_name
         return ConfirmPhase(
             study=study,
             settings=self.settings,
             space=space,
-            compose=compose,
+            compose=lambda trial: self._compose(trial, space, name),
             prepare=lambda trial: self._prepare(trial, space, name),
             launch=self._launch,
             n_workers=n_workers,
@@ -227,6 +222,12 @@ class OptunaSweeper:
         assert self.config is not None and self.hydra_context is not None
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         study_storage(trial.study).set_trial_system_attr(trial_id(trial), GROUP_ATTR, group_values(config, keys))
+
+    def _compose(self, trial: optuna.trial.FrozenTrial, space: SearchSpace, study_name: str) -> DictConfig:
+        """A search trial's composed config, as its job saw it."""
+        assert self.config is not None and self.hydra_context is not None
+        overrides = space.overrides(_values(trial.params, space)) + _trial_identity(study_name, trial.number)
+        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
     def _launch(self, overrides: list[str], number: int) -> JobReturn:
         # the trial number is the job number: trial folders are trial_<number>, unique across workers

@@ -93,6 +93,18 @@ def test_the_grammar_yields_log_float_categorical_and_stepped_int_distributions(
     assert f"python -m analysis.report --storage sqlite:///{db} --study toy-medium-lora" in proc.stdout
 
 
+def test_the_best_parameters_say_which_ones_the_best_trial_did_not_use(tmp_path):
+    # full fine-tuning ignores LoRA's settings (the app's set_inactive_keys): lora.rank=16 is not part of the answer
+    proc = run_app(tmp_path, "finetune.mode=full", "lora.rank=4,16", "x=0,1", "hydra/sweeper/sampler=grid")
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_params"]["x"] == 1 and "lora.rank" in results["best_params"]  # Optuna's params, whole
+    assert results["unused_params"] == ["lora.rank"]
+    (line,) = [ln for ln in proc.stdout.splitlines() if "Best parameters" in ln]
+    assert line.endswith(
+        f"Best parameters: {{'x': 1}} (not used by this trial: lora.rank={results['best_params']['lora.rank']})"
+    )
+
+
 def test_median_pruner_prunes_and_keeps_intermediate_values_even_when_jobs_chdir(tmp_path):
     # a relative storage URL and jobs that change directory: the job still finds the study
     run_app(
