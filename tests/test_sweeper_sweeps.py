@@ -261,6 +261,8 @@ def test_an_interrupted_sweep_fails_its_running_trial_instead_of_leaving_it_runn
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # a suite started in the background (`cmd &` in a script) ignores SIGINT, and a child inherits that: undo it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (tmp_path / "sweep" / "trial_0" / "running").exists():
