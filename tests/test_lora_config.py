@@ -7,20 +7,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import run_sweep_py
+from helpers import lean_sweep, run_sweep_py
 
 from tasks.config.checks import ConfigError, check_config
 
 
 def lean(shared_data: Path, tmp_path: Path) -> list[str]:
-    """A tiny-model trial of two steps on a few rows: about a second each."""
-    return [
-        "-m", "model=tiny", "task=sms_spam", f"task.path={shared_data / 'sms_spam' / 'SMSSpamCollection'}",
-        "task.max_length=32", "task.val_size=0.02", "task.test_size=0.01", "trainer.max_steps=2",
-        "trainer.batch_size=4", "trainer.eval_batch_size=32", "trainer.max_eval_batches=1",
-        "trainer.save_checkpoint=false", f"paths.root_dir={tmp_path}", f"hydra.sweeper.storage=sqlite:///{tmp_path}/s.db",
-        "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=variants",
-    ]  # fmt: skip
+    return [*lean_sweep(shared_data, tmp_path), "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=variants"]
 
 
 @pytest.mark.slow

@@ -13,22 +13,13 @@ import optuna
 import pytest
 import yaml
 from helpers import ROOT, run_sweep_py
+from helpers import lean_sweep as lean
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 
 STUDY = "sms_spam-tiny-lora"
-
-
-def lean(shared_data: Path, tmp_path: Path) -> list[str]:
-    """A trial of two steps on a few rows: seconds each."""
-    return [
-        "-m", "model=tiny", "task=sms_spam", f"task.path={shared_data / 'sms_spam' / 'SMSSpamCollection'}",
-        "task.max_length=32", "task.val_size=0.02", "task.test_size=0.01", "trainer.max_steps=2",
-        "trainer.batch_size=4", "trainer.eval_batch_size=32", "trainer.max_eval_batches=1",
-        "trainer.save_checkpoint=false", f"paths.root_dir={tmp_path}", f"hydra.sweeper.storage={storage(tmp_path)}",
-    ]  # fmt: skip
 
 
 def storage(tmp_path: Path) -> str:
