@@ -78,6 +78,7 @@ class ConfirmSource:
         self.study = study
         self.runs = runs_of(chosen)
         self._ran: set[tuple[int, int]] = set()  # runs this worker started: a failed one is not tried again here
+        self._created: tuple[Run, int] | None = None  # a run's trial (id) created by a take that lost the database
 
     @property
     def total(self) -> int:
@@ -87,17 +88,30 @@ class ConfirmSource:
         return missing(self.runs, self.study.get_trials(deepcopy=False))
 
     def take(self) -> optuna.Trial | None:
-        """A new RUNNING trial for the first missing run no other worker took first; None when none is left."""
-        for run in self.missing():
-            if run.key in self._ran:
+        """A new RUNNING trial for the first missing run no other worker took first; None when none is left.
+
+        A call that lost the database after creating its trial leaves it in `_created`, and the next call (the
+        loop's retry) goes on with it: creating the run again would leave the first trial RUNNING for ever, with no
+        heartbeat, and the run itself undone (another trial of the same run, RUNNING, would close each new one).
+        """
+        while True:
+            if self._created is None:
+                run = next((r for r in self.missing() if r.key not in self._ran), None)
+                if run is None:
+                    return None
+                self._created = (run, create_trial(self.study, template(run)))
+            run, created = self._created
+            if study_storage(self.study).get_trial(created).state != TrialState.RUNNING:
+                self._created = None  # closed unrun by the call that lost the database
                 continue
-            trial = optuna.Trial(self.study, create_trial(self.study, template(run)))
+            trial = optuna.Trial(self.study, created)
             if self._taken_before(trial.number, run.key):
                 self._close_unrun(trial)
+                self._created = None
                 continue
             self._ran.add(run.key)
+            self._created = None
             return trial
-        return None
 
     def _taken_before(self, number: int, key: tuple[int, int]) -> bool:
         earlier = _by_key(t for t in self.study.get_trials(deepcopy=False) if t.number < number)

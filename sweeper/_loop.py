@@ -31,6 +31,7 @@ from sweeper._budget import Budget
 from sweeper._gate import LaunchGate, broke_the_pool
 from sweeper._heartbeat import WORKER, Heartbeat
 from sweeper._isolation import JobBoundary, forget_frames
+from sweeper._optuna_private import ask
 from sweeper._outcome import Outcome, describe_error, job_exception, judge, log_failure, record, tell
 from sweeper._phase import search_trials
 from sweeper._settings import SweepError
@@ -218,8 +219,9 @@ class TrialLoop:
         assert self.budget is not None, "the search needs its budget"
         if not self._db(lambda: self.budget.runnable(self.study), "counting the study's trials"):
             return None
-        # a queued retry of a dead worker's trial comes first: study.ask pops WAITING trials
-        trial = self._db(lambda: self.study.ask(self.distributions), "asking for a trial")
+        # a queued retry of a dead worker's trial comes first; an attempt that lost the database after its trial was
+        asked: list[int] = []  # created leaves the id here, and the next attempt goes on with that trial
+        trial = self._db(lambda: ask(self.study, self.distributions, asked), "asking for a trial")
         self._in_flight[trial.number] = trial
         self._db(lambda: self.heartbeat.add(trial), f"starting the heartbeat of trial {trial.number}")
         if not self._db(lambda: self.budget.admits(self.study, trial), "counting the study's trials"):

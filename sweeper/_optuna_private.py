@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.distributions import BaseDistribution
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
@@ -95,3 +96,28 @@ def create_trial(study: optuna.Study, template: FrozenTrial) -> int:
     the race when two workers create the same run) would have to be looked up.
     """
     return study_storage(study).create_new_trial(study._study_id, template_trial=template)
+
+
+def ask(study: optuna.Study, fixed_distributions: dict[str, BaseDistribution], asked: list[int]) -> optuna.Trial:
+    """`study.ask(fixed_distributions)` in steps that a retry takes up again: the id of the trial it pops from the
+    queue or creates goes into `asked` first, and an `asked` that holds one goes on with that trial.
+
+    `study.ask` creates its trial in one transaction and samples and writes its parameters in others; a connection
+    lost in between loses the new trial's id, and asking again leaves that trial RUNNING for ever, with no
+    heartbeat, holding a place in the budget (seen when PostgreSQL restarted under two workers). Going on with it
+    instead is safe: the trial's parameters already written are read back, the rest sampled and written.
+
+    Private: `Study._thread_local`, `Study._pop_waiting_trial_id`, `Study._study_id` and `Trial._suggest`, the
+    steps of `Study.ask` itself. Public replacement: none (`study.ask` hands out the trial only when every step
+    succeeded).
+    """
+    import optuna
+
+    study._thread_local.cached_all_trials = None  # as study.ask: the sampler reads the trials afresh
+    if not asked:
+        popped = study._pop_waiting_trial_id()
+        asked.append(popped if popped is not None else study._storage.create_new_trial(study._study_id))
+    trial = optuna.Trial(study, asked[0])
+    for name, distribution in fixed_distributions.items():
+        trial._suggest(name, distribution)
+    return trial

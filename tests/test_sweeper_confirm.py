@@ -310,6 +310,21 @@ def test_a_sweep_confirms_the_best_of_each_group_and_a_rerun_completes_only_what
 
 
 @pytest.mark.slow
+def test_a_database_lost_while_a_confirmation_run_is_claimed_still_runs_that_run_once(tmp_path):
+    """The connection drops after the first confirmation run's trial was created and before it was claimed: the
+    retry goes on with that trial. Claiming again left it RUNNING for ever, and its run never ran."""
+    env = {**app_env(), "TOY_LOSE_DB": "SELECT:7"}  # 6 search trials, then the first confirmation run
+    beats = "hydra.sweeper.heartbeat_interval=1"  # a trial left RUNNING is waited for 4 s, not 4 minutes
+    proc = run_app(tmp_path, *TOY, "hydra.sweeper.n_trials=6", "hydra.sweeper.confirm.seeds=2", beats, env=env)
+    logs = proc.stdout + proc.stderr
+    assert "claiming a confirmation run failed (" in logs and "server closed the connection" in logs
+    study = load(tmp_path)
+    runs = runs_by_trial(study)
+    assert runs and all([t.state for t in ts] == [TrialState.COMPLETE] for ts in runs.values()), runs
+    assert not [t.number for t in study.trials if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.slow
 def test_two_workers_with_two_joblib_slots_each_run_every_confirmation_once(tmp_path):
     args = [*TOY, "hydra.sweeper.n_trials=4", "hydra.sweeper.confirm.seeds=3", "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", "sleep_s=0.05"]  # fmt: skip

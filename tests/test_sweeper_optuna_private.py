@@ -101,3 +101,20 @@ def test_a_trial_created_from_a_template_is_running_with_its_params_and_the_next
     frozen = private.study_storage(study).get_trial(tid)
     assert frozen.number == first.number + 1 and frozen.state == optuna.trial.TrialState.RUNNING
     assert frozen.params == {"x": 2} and frozen.user_attrs == {"phase": "confirm"} and frozen.system_attrs["mark"] == 1
+
+
+def test_ask_in_steps_pops_the_queue_creates_otherwise_and_a_retry_goes_on_with_the_same_trial(rdb_storage):
+    study = optuna.create_study(storage=rdb_storage, study_name="a", sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {"x": CategoricalDistribution([1, 2]), "y": optuna.distributions.FloatDistribution(0, 1)}
+    study.enqueue_trial({"x": 2})
+    asked: list[int] = []
+    with names("Study._pop_waiting_trial_id / Study._thread_local / Trial._suggest"):
+        queued = private.ask(study, space, asked)
+    assert asked == [private.trial_id(queued)] and queued.number == 0 and queued.params["x"] == 2, "the queue first"
+    fresh: list[int] = []
+    trial = private.ask(study, {"x": space["x"]}, fresh)  # an attempt that lost the database before writing y
+    assert trial.number == 1 and list(study.trials[1].params) == ["x"]
+    again = private.ask(study, space, fresh)
+    assert again.number == 1 and len(study.trials) == 2, "no second trial"
+    assert again.params["x"] == trial.params["x"] and set(study.trials[1].params) == {"x", "y"}
+    assert study.trials[1].state == optuna.trial.TrialState.RUNNING

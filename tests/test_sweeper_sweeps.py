@@ -253,6 +253,20 @@ def test_bad_input_fails_before_any_trial_runs(tmp_path, args, message):
         assert all(not s.n_trials for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}"))
 
 
+@pytest.mark.parametrize("lost_in", ["INSERT INTO trial_params", "SELECT"])
+def test_a_database_lost_in_the_middle_of_an_ask_goes_on_with_the_trial_the_ask_created(tmp_path, lost_in):
+    """The connection drops after an ask created trial 1 and before the trial was handed out (CI saw it as a
+    PostgreSQL restart): the retry goes on with trial 1. Asking again left trial 1 RUNNING for ever, without a
+    heartbeat, holding a place of the budget: 3 trials ran of 4."""
+    env = {**app_env(), "TOY_LOSE_DB": f"{lost_in}:2"}
+    beats = "hydra.sweeper.heartbeat_interval=1"  # a trial left RUNNING is waited for 4 s, not 4 minutes
+    proc = run_app(tmp_path, "x=interval(-2.0,2.0)", "hydra.sweeper.n_trials=4", beats, env=env)
+    assert states(load(tmp_path)) == ["COMPLETE"] * 4
+    logs = proc.stdout + proc.stderr
+    assert "asking for a trial failed (" in logs and "server closed the connection" in logs, "the ask lost it"
+    assert "asking for a trial succeeded after 2 tries" in logs
+
+
 def test_an_interrupted_sweep_fails_its_running_trial_instead_of_leaving_it_running(tmp_path):
     proc = subprocess.Popen(
         app_command(tmp_path, "x=0,1", "hydra/sweeper/sampler=grid", "sleep_s=5"),

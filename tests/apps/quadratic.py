@@ -23,6 +23,40 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import current_trial, set_inactive_keys
 
+
+def _lose_the_database_once(spec: str) -> None:
+    """`TOY_LOSE_DB=<SQL statement prefix>:<n>`: once this process has committed its n-th new trial, the next
+    statement of that thread starting with that prefix fails as a lost connection, once. The sweeper runs in this
+    process (Hydra's basic launcher), so this is the database going away after an ask created its trial and before
+    it was handed out.
+    """
+    import threading
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.exc import OperationalError
+
+    prefix, n = spec.rsplit(":", 1)
+    state: dict[str, Any] = {"created": 0, "armed": None, "done": False}  # armed: the thread whose statement fails
+
+    def before_cursor_execute(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if statement.startswith("INSERT INTO trials "):
+            state["created"] += 1
+        elif state["armed"] == threading.get_ident() and statement.startswith(prefix):
+            state["armed"] = None
+            raise OperationalError(statement, params, Exception("server closed the connection unexpectedly"))
+
+    def commit(conn: Any) -> None:
+        if state["created"] == int(n) and not state["done"]:
+            state["armed"], state["done"] = threading.get_ident(), True
+
+    event.listen(Engine, "before_cursor_execute", before_cursor_execute)
+    event.listen(Engine, "commit", commit)
+
+
+if os.environ.get("TOY_LOSE_DB"):
+    _lose_the_database_once(os.environ["TOY_LOSE_DB"])
+
 # as sweep.py: LoRA's settings do not apply to full fine-tuning (confirmation groups ignore lora.rank there)
 set_inactive_keys(lambda cfg: [] if cfg.finetune.mode == "lora" else ["lora"])
 
