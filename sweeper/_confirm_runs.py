@@ -91,8 +91,8 @@ class ConfirmSource:
         """A new RUNNING trial for the first missing run no other worker took first; None when none is left.
 
         A call that lost the database after creating its trial leaves it in `_created`, and the next call (the
-        loop's retry) goes on with it: creating the run again would leave the first trial RUNNING for ever, with no
-        heartbeat, and the run itself undone (another trial of the same run, RUNNING, would close each new one).
+        loop's retry) goes on with it. Moving on would leave that trial RUNNING for ever, with no heartbeat, and its
+        run would count as under way and never run.
         """
         while True:
             if self._created is None:

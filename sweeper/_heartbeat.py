@@ -25,13 +25,21 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
-from sweeper._optuna_private import heartbeat_enabled, max_retry, retry_history, study_storage, trial_id
+from sweeper._optuna_private import (
+    heartbeat_enabled,
+    max_retry,
+    retry_history,
+    running_without_heartbeat,
+    study_storage,
+    trial_id,
+)
 from sweeper._phase import confirmation_of
 from sweeper._storage import first_line, is_transient, with_retries
 
 log = logging.getLogger(__name__)
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"  # user attribute `worker`: who ran a trial
+WORKER_ATTR = "worker"  # user attribute: who ran a trial, set once its worker started it
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 RETRY_OF = "retry_of"  # user attribute of a re-run: the number of the trial it replaces
 
 
@@ -56,8 +64,10 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         runs = len(retry_history(trial)) + 1
-        who = trial.user_attrs.get("worker", "a worker")
+        who = trial.user_attrs.get(WORKER_ATTR)
         silent = f"trial {trial.number} ({who}) sent no heartbeat for grace_period={self._grace_period} s: FAIL"
+        if who is None:
+            silent = f"trial {trial.number} was left RUNNING by an ask that never finished (no worker took it): FAIL"
         confirmed = confirmation_of(trial)
         if confirmed is not None:
             log.warning(
@@ -127,7 +137,32 @@ class Heartbeat:
         """Fail the trials of dead workers (their parameters are queued again by `RetryStaleTrial`)."""
         if self.enabled:
             with self._stale_lock:
+                self._adopt_orphans()
                 optuna.storages.fail_stale_trials(self.study)
+
+    def left_running(self) -> str:
+        """What becomes of a trial an ask created and could not finish (the database is gone for good)."""
+        if self.enabled:
+            return (
+                "The trial this ask created stays RUNNING without a heartbeat until a live worker (or the next run of "
+                f"this command) fails it, grace_period={self.grace_period} s after first seeing it, and runs it again."
+            )
+        return (
+            "The trial this ask created stays RUNNING and holds a place of the budget: with heartbeat_interval=null "
+            "nothing fails it. Run the command again with hydra.sweeper.heartbeat_interval=60 to fail it and run it "
+            "again."
+        )
+
+    def _adopt_orphans(self) -> None:
+        """Give a first heartbeat to each RUNNING trial that has none and no worker: an ask that never finished left
+        it (its worker died, or lost the database for good, between creating the trial and its first beat). Optuna
+        never fails a trial without heartbeats, so it would stay RUNNING and hold its place in the budget for ever;
+        with this beat it is stale after grace_period, failed, and its parameters run again. A trial being asked
+        right now gets a beat early, which its own worker's beats then keep fresh."""
+        storage = study_storage(self.study)
+        for tid in running_without_heartbeat(self.study):
+            if WORKER_ATTR not in storage.get_trial_user_attrs(tid):  # a worker running without heartbeats took it
+                storage.record_heartbeat(tid)
 
     def _beat(self, tid: int) -> None:
         study_storage(self.study).record_heartbeat(tid)

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from sweeper._budget import Budget
 from sweeper._gate import LaunchGate, broke_the_pool
-from sweeper._heartbeat import WORKER, Heartbeat
+from sweeper._heartbeat import WORKER, WORKER_ATTR, Heartbeat
 from sweeper._isolation import JobBoundary, forget_frames
 from sweeper._optuna_private import ask
 from sweeper._outcome import Outcome, describe_error, job_exception, judge, log_failure, record, tell
@@ -221,7 +221,10 @@ class TrialLoop:
             return None
         # a queued retry of a dead worker's trial comes first; an attempt that lost the database after its trial was
         asked: list[int] = []  # created leaves the id here, and the next attempt goes on with that trial
-        trial = self._db(lambda: ask(self.study, self.distributions, asked), "asking for a trial")
+        try:
+            trial = self._db(lambda: ask(self.study, self.distributions, asked), "asking for a trial")
+        except SweepError as e:
+            raise SweepError(f"{e} {self.heartbeat.left_running()}" if asked else str(e)) from None
         self._in_flight[trial.number] = trial
         self._db(lambda: self.heartbeat.add(trial), f"starting the heartbeat of trial {trial.number}")
         if not self._db(lambda: self.budget.admits(self.study, trial), "counting the study's trials"):
@@ -230,7 +233,7 @@ class TrialLoop:
             self.heartbeat.remove(trial)
             self._in_flight.pop(trial.number, None)
             return None
-        self._db(lambda: trial.set_user_attr("worker", WORKER), f"starting trial {trial.number}")
+        self._db(lambda: trial.set_user_attr(WORKER_ATTR, WORKER), f"starting trial {trial.number}")
         return trial
 
     def _take(self, source: TrialSource) -> optuna.Trial | None:
@@ -239,7 +242,7 @@ class TrialLoop:
             return None
         self._in_flight[trial.number] = trial
         self._db(lambda: self.heartbeat.add(trial), f"starting the heartbeat of trial {trial.number}")
-        self._db(lambda: trial.set_user_attr("worker", WORKER), f"starting trial {trial.number}")
+        self._db(lambda: trial.set_user_attr(WORKER_ATTR, WORKER), f"starting trial {trial.number}")
         return trial
 
     def _prepare(self, trial: optuna.Trial) -> list[str]:

@@ -121,3 +121,31 @@ def ask(study: optuna.Study, fixed_distributions: dict[str, BaseDistribution], a
     for name, distribution in fixed_distributions.items():
         trial._suggest(name, distribution)
     return trial
+
+
+def running_without_heartbeat(study: optuna.Study) -> list[int]:
+    """The ids of the study's RUNNING trials that have no heartbeat at all (an RDB storage with heartbeats).
+
+    Optuna's `fail_stale_trials` passes over such a trial for ever: a trial is stale only once its last heartbeat
+    is old. A sweep worker records the first heartbeat right after its ask, so a RUNNING trial without one was left
+    by an ask that never finished (a worker that died or lost the database for good in the middle of it).
+
+    Private: `optuna.storages._rdb.models` (the trial and heartbeat tables) and `_CachedStorage._backend` (the RDB
+    storage `optuna.create_study` wraps). Public replacement: none (the storage API reads no heartbeat).
+    """
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    from sqlalchemy import orm
+
+    storage = study_storage(study)
+    rdb = getattr(storage, "_backend", storage)
+    trials, beats = models.TrialModel, models.TrialHeartbeatModel
+    with orm.Session(rdb.engine) as session:
+        rows = (
+            session.query(trials.trial_id)
+            .outerjoin(beats, beats.trial_id == trials.trial_id)
+            .filter(trials.study_id == study._study_id, trials.state == TrialState.RUNNING)
+            .filter(beats.trial_heartbeat_id.is_(None))
+            .all()
+        )
+    return sorted(row.trial_id for row in rows)

@@ -118,3 +118,16 @@ def test_ask_in_steps_pops_the_queue_creates_otherwise_and_a_retry_goes_on_with_
     assert again.number == 1 and len(study.trials) == 2, "no second trial"
     assert again.params["x"] == trial.params["x"] and set(study.trials[1].params) == {"x", "y"}
     assert study.trials[1].state == optuna.trial.TrialState.RUNNING
+
+
+def test_running_trials_without_any_heartbeat_are_found_and_only_those(rdb_storage):
+    study = optuna.create_study(storage=rdb_storage, study_name="o")
+    other = optuna.create_study(storage=rdb_storage, study_name="other")
+    beating, orphan, done = (study.ask() for _ in range(3))
+    other.ask()  # another study's trial without a heartbeat is not this study's business
+    private.study_storage(study).record_heartbeat(private.trial_id(beating))
+    study.tell(done, 1.0)
+    with names("optuna.storages._rdb.models (TrialModel, TrialHeartbeatModel) / _CachedStorage._backend"):
+        assert private.running_without_heartbeat(study) == [private.trial_id(orphan)]
+    private.study_storage(study).record_heartbeat(private.trial_id(orphan))
+    assert private.running_without_heartbeat(study) == []

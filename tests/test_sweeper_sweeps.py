@@ -267,6 +267,27 @@ def test_a_database_lost_in_the_middle_of_an_ask_goes_on_with_the_trial_the_ask_
     assert "asking for a trial succeeded after 2 tries" in logs
 
 
+def test_a_trial_left_running_by_an_ask_that_never_finished_is_failed_and_run_again_by_the_next_run(tmp_path):
+    """The worker loses the database for good in the middle of an ask (reconnect_timeout=0): it stops with one
+    error, and the trial its ask created stays RUNNING with no heartbeat. Optuna never fails such a trial as stale,
+    so it held a place of the budget for ever; the next run gives it a first heartbeat, fails it after grace_period
+    and runs its parameters again."""
+    args = ["x=interval(-2.0,2.0)", "hydra.sweeper.n_trials=4", "hydra.sweeper.heartbeat_interval=1",
+            "hydra.sweeper.grace_period=2"]  # fmt: skip
+    env = {**app_env(), "TOY_LOSE_DB": "INSERT INTO trial_params:2"}
+    first = run_app(tmp_path, *args, "hydra.sweeper.reconnect_timeout=0", env=env, check=False)
+    assert first.returncode != 0
+    assert "while asking for a trial" in first.stderr and "The trial this ask created stays RUNNING" in first.stderr
+    assert states(load(tmp_path)) == ["COMPLETE", "RUNNING"]
+
+    second = run_app(tmp_path, *args)
+    study = load(tmp_path)
+    assert states(study)[1] == "FAIL" and states(study).count("COMPLETE") == 4, states(study)
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == 1]
+    assert retry.state == TrialState.COMPLETE
+    assert "trial 1 was left RUNNING by an ask that never finished" in second.stdout + second.stderr
+
+
 def test_an_interrupted_sweep_fails_its_running_trial_instead_of_leaving_it_running(tmp_path):
     proc = subprocess.Popen(
         app_command(tmp_path, "x=0,1", "hydra/sweeper/sampler=grid", "sleep_s=5"),
