@@ -94,24 +94,32 @@ class ConfirmSource:
         loop's retry) goes on with it. Moving on would leave that trial RUNNING for ever, with no heartbeat, and its
         run would count as under way and never run.
         """
-        while True:
-            if self._created is None:
-                run = next((r for r in self.missing() if r.key not in self._ran), None)
-                if run is None:
-                    return None
-                self._created = (run, create_trial(self.study, template(run)))
-            run, created = self._created
-            if study_storage(self.study).get_trial(created).state != TrialState.RUNNING:
-                self._created = None  # closed unrun by the call that lost the database
+        if self._created is not None:
+            trial = self._go_on(*self._created)
+            if trial is not None:
+                return trial
+        for run in self.missing():
+            if run.key in self._ran:
                 continue
-            trial = optuna.Trial(self.study, created)
-            if self._taken_before(trial.number, run.key):
-                self._close_unrun(trial)
-                self._created = None
-                continue
-            self._ran.add(run.key)
+            self._created = (run, create_trial(self.study, template(run)))
+            trial = self._go_on(*self._created)
+            if trial is not None:
+                return trial
+        return None
+
+    def _go_on(self, run: Run, created: int) -> optuna.Trial | None:
+        """The trial just created for `run`, unless another worker took the run first (then it is closed unrun)."""
+        if study_storage(self.study).get_trial(created).state != TrialState.RUNNING:
+            self._created = None  # closed unrun by the call that lost the database
+            return None
+        trial = optuna.Trial(self.study, created)
+        if self._taken_before(trial.number, run.key):
+            self._close_unrun(trial)
             self._created = None
-            return trial
+            return None
+        self._ran.add(run.key)
+        self._created = None
+        return trial
 
     def _taken_before(self, number: int, key: tuple[int, int]) -> bool:
         earlier = _by_key(t for t in self.study.get_trials(deepcopy=False) if t.number < number)
