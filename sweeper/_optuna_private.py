@@ -116,7 +116,7 @@ def ask(study: optuna.Study, fixed_distributions: dict[str, BaseDistribution], a
     study._thread_local.cached_all_trials = None  # as study.ask: the sampler reads the trials afresh
     if not asked:
         popped = study._pop_waiting_trial_id()
-        asked.append(popped if popped is not None else study._storage.create_new_trial(study._study_id))
+        asked.append(popped if popped is not None else study_storage(study).create_new_trial(study._study_id))
     trial = optuna.Trial(study, asked[0])
     for name, distribution in fixed_distributions.items():
         trial._suggest(name, distribution)
