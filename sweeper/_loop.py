@@ -32,7 +32,17 @@ from sweeper._gate import LaunchGate, broke_the_pool
 from sweeper._heartbeat import WORKER, WORKER_ATTR, Heartbeat
 from sweeper._isolation import JobBoundary, forget_frames
 from sweeper._optuna_private import ask
-from sweeper._outcome import Outcome, describe_error, job_exception, judge, log_failure, record, tell
+from sweeper._outcome import (
+    Outcome,
+    describe_error,
+    job_exception,
+    job_run_dir,
+    judge,
+    log_failure,
+    progress_line,
+    record,
+    tell,
+)
 from sweeper._phase import search_trials
 from sweeper._settings import SweepError
 from sweeper._storage import first_line, is_transient, with_retries
@@ -204,7 +214,7 @@ class TrialLoop:
         with JobBoundary():
             ret, error, note = self._run_job(overrides, number)
             outcome = judge(ret, error, len(self.study.directions) if values else None, note)
-            run_dir = _run_dir(ret)
+            run_dir = job_run_dir(ret)
             forget_frames(job_exception(ret))
             forget_frames(error)
             del ret, error
@@ -365,19 +375,8 @@ class TrialLoop:
             log.info("%s", self._db(lambda: source.progress(number, outcome), "counting the confirmation runs"))
             return
         trials = search_trials(self._db(lambda: self.study.get_trials(deepcopy=False), "counting the study's trials"))
-        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        progress = f"[{done}/{self.budget.in_effect if self.budget else '?'}]"
-        if outcome.state == TrialState.PRUNED:
-            log.info("%s trial %d PRUNED", progress, number)
-            return
-        shown = outcome.values[0] if outcome.values and len(outcome.values) == 1 else outcome.values
-        best = ""
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        if len(self.study.directions) == 1 and complete:
-            pick = min if self.study.direction == optuna.study.StudyDirection.MINIMIZE else max
-            best_trial = pick(complete, key=lambda t: t.value)
-            best = f" (best {best_trial.value:.6g}, trial {best_trial.number})"
-        log.info("%s trial %d COMPLETE: %s%s", progress, number, shown, best)
+        total = self.budget.in_effect if self.budget else None
+        log.info("%s", progress_line(self.study, trials, total, number, outcome))
 
     def _close(self, trial: optuna.Trial, reason: str) -> None:
         """Fail a trial this process will not finish, so it does not hold a place in the budget."""
@@ -393,10 +392,3 @@ class TrialLoop:
         self.stop_reason = reason
         for trial in list(self._in_flight.values()):
             self._close(trial, reason)
-
-
-def _run_dir(ret: JobReturn | None) -> str | None:
-    try:
-        return str(ret.hydra_cfg.hydra.runtime.output_dir) if ret is not None and ret.hydra_cfg else None
-    except Exception:
-        return None

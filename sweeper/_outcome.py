@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweeper._optuna_private import study_storage, trial_id
 
@@ -46,6 +46,14 @@ def job_exception(ret: JobReturn | None) -> BaseException | None:
     if ret is None or ret.status != JobStatus.FAILED:
         return None
     return ret._return_value
+
+
+def job_run_dir(ret: JobReturn | None) -> str | None:
+    """The job's run folder (Hydra's output_dir), if the launcher returned one."""
+    try:
+        return str(ret.hydra_cfg.hydra.runtime.output_dir) if ret is not None and ret.hydra_cfg else None
+    except Exception:
+        return None
 
 
 def judge(
@@ -129,3 +137,21 @@ def log_failure(number: int, outcome: Outcome, same_as: int | None = None) -> No
         log.warning("trial %d FAIL: %s\n%s", number, outcome.reason, outcome.traceback)
     else:
         log.warning("trial %d FAIL: %s", number, outcome.reason)
+
+
+def progress_line(
+    study: optuna.Study, trials: Sequence[FrozenTrial], total: int | None, number: int, outcome: Outcome
+) -> str:
+    """ "[3/8] trial 4 COMPLETE: 0.91 (best 0.93, trial 2)": a search trial's outcome among the search `trials`."""
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    progress = f"[{done}/{total if total is not None else '?'}]"
+    if outcome.state == TrialState.PRUNED:
+        return f"{progress} trial {number} PRUNED"
+    shown = outcome.values[0] if outcome.values and len(outcome.values) == 1 else outcome.values
+    best = ""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if len(study.directions) == 1 and complete:
+        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        best_trial = pick(complete, key=lambda t: t.value)
+        best = f" (best {best_trial.value:.6g}, trial {best_trial.number})"
+    return f"{progress} trial {number} COMPLETE: {shown}{best}"
